@@ -1,0 +1,41 @@
+"""hf_attn_variants: run, convert, fine-tune and evaluate decoder LLMs in MHA, GQA or MQA attention.
+
+Importing the package registers ``AttnVariantConfig`` and the variant models of plugin families with
+transformers' Auto classes.
+"""
+
+import transformers as _transformers
+
+from .auto import AttnVariantForCausalLM, AttnVariantModel, AutoModel, AutoModelForCausalLM
+from .configuration import AttnVariantConfig
+from .convert import convert, convert_state_dict
+from .families import families, family_for, register_family, supported_model_types
+from .heads import KV_INIT_METHODS
+from .kv_cache import kv_cache_plan
+from .variants import ATTN_VARIANTS, resolve_num_kv_heads, variant_label, variant_name
+
+__version__ = "0.1.0"
+
+_transformers.AutoConfig.register(AttnVariantConfig.model_type, AttnVariantConfig)
+_transformers.AutoModelForCausalLM.register(AttnVariantConfig, AttnVariantForCausalLM)
+_transformers.AutoModel.register(AttnVariantConfig, AttnVariantModel)
+
+__all__ = [
+    "ATTN_VARIANTS",
+    "KV_INIT_METHODS",
+    "AttnVariantConfig",
+    "AttnVariantForCausalLM",
+    "AttnVariantModel",
+    "AutoModel",
+    "AutoModelForCausalLM",
+    "convert",
+    "convert_state_dict",
+    "families",
+    "family_for",
+    "kv_cache_plan",
+    "register_family",
+    "resolve_num_kv_heads",
+    "supported_model_types",
+    "variant_label",
+    "variant_name",
+]

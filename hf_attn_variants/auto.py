@@ -1,0 +1,94 @@
+"""Drop-in Auto classes, and the classes that build a model from an ``AttnVariantConfig``.
+
+``hav.AutoModelForCausalLM`` / ``hav.AutoModel`` are transformers' own classes plus the keyword arguments
+``attn_variant``, ``num_key_value_heads``, ``kv_init`` and ``kv_init_seed``. With none of them they are
+transformers' classes, unchanged. With them, the source's pretrained weights are loaded by transformers
+(so ``dtype``, ``device_map``, ``attn_implementation`` and GGUF files work as usual) and converted.
+"""
+
+from __future__ import annotations
+
+import transformers
+
+from .configuration import HUB_KWARGS, AttnVariantConfig
+from .convert import convert
+
+_VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
+_AUTO_ONLY_KWARGS = ("_from_auto", "adapter_kwargs", "trust_remote_code")
+
+
+class _AttnVariantBuilder:
+    """Registered for ``AttnVariantConfig`` with an Auto class; builds the variant the config asks for."""
+
+    config_class = AttnVariantConfig
+    source_auto_class: type = None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: AttnVariantConfig, **kwargs):
+        """Load the source model with transformers, then convert it to ``config``'s variant."""
+        for key in _AUTO_ONLY_KWARGS:
+            kwargs.pop(key, None)
+        source = cls.source_auto_class.from_pretrained(
+            pretrained_model_name_or_path, *model_args, config=config.base(), **kwargs
+        )
+        return convert(source, config.attn_variant, config.num_key_value_heads, config.kv_init, config.kv_init_seed)
+
+    @classmethod
+    def _from_config(cls, config: AttnVariantConfig, **kwargs):
+        """A randomly initialised model in ``config``'s variant."""
+        for key in _AUTO_ONLY_KWARGS:
+            kwargs.pop(key, None)
+        return cls.source_auto_class.from_config(config.target_config(), **kwargs)
+
+
+class AttnVariantForCausalLM(_AttnVariantBuilder):
+    source_auto_class = transformers.AutoModelForCausalLM
+
+
+class AttnVariantModel(_AttnVariantBuilder):
+    source_auto_class = transformers.AutoModel
+
+
+def _variant_request(config, pretrained_model_name_or_path, variant_kwargs, kwargs) -> AttnVariantConfig:
+    if config is not None:
+        return AttnVariantConfig.from_base(config, **variant_kwargs)
+    hub_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+    return AttnVariantConfig.from_pretrained(pretrained_model_name_or_path, **variant_kwargs, **hub_kwargs)
+
+
+def _make_auto_class(base: type, builder: type) -> type:
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
+        if variant_kwargs.get("attn_variant") is None and variant_kwargs.get("num_key_value_heads") is None:
+            if variant_kwargs:
+                raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
+            return base.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        request = _variant_request(kwargs.pop("config", None), pretrained_model_name_or_path, variant_kwargs, kwargs)
+        return builder.from_pretrained(pretrained_model_name_or_path, *model_args, config=request, **kwargs)
+
+    def from_config(cls, config, **kwargs):
+        variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
+        if variant_kwargs.get("attn_variant") is not None or variant_kwargs.get("num_key_value_heads") is not None:
+            config = AttnVariantConfig.from_base(config, **variant_kwargs)
+        elif variant_kwargs:
+            raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
+        return base.from_config.__func__(cls, config, **kwargs)
+
+    doc = (
+        f"transformers.{base.__name__}, plus ``attn_variant`` (mha | gqa | mqa), ``num_key_value_heads``, "
+        "``kv_init`` (mean | first | random) and ``kv_init_seed`` in ``from_pretrained`` and ``from_config``."
+    )
+    return type(
+        base.__name__,
+        (base,),
+        {
+            "__doc__": doc,
+            "__module__": __name__,
+            "from_pretrained": classmethod(from_pretrained),
+            "from_config": classmethod(from_config),
+        },
+    )
+
+
+AutoModelForCausalLM = _make_auto_class(transformers.AutoModelForCausalLM, AttnVariantForCausalLM)
+AutoModel = _make_auto_class(transformers.AutoModel, AttnVariantModel)

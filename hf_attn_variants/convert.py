@@ -1,0 +1,87 @@
+"""Conversion: a transform of a state dict plus a rewrite of the config, one path for every front end."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from transformers import PreTrainedModel
+
+from .families import family_for
+from .variants import check_kv_init, resolve_num_kv_heads
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    config,
+    num_key_value_heads: int,
+    kv_init: str = "mean",
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """The state dict of ``config``'s model with ``num_key_value_heads`` K/V heads.
+
+    Tensors that do not depend on the K/V heads are passed through untouched (no copy).
+
+    Raises:
+        ValueError: the family is not supported, or the K/V projections found do not match the config.
+    """
+    family = family_for(config)
+    family.check_config(config)
+    check_kv_init(kv_init)
+    converted, weights = {}, 0
+    for key, tensor in state_dict.items():
+        new = family.convert_tensor(key, tensor, config, num_key_value_heads, kv_init, seed)
+        converted[key] = tensor if new is None else new
+        weights += new is not None and key.endswith("weight")
+    expected = family.kv_weight_count(config)
+    if weights != expected:
+        raise ValueError(
+            f"found {weights} K/V projection weights where a {family.name} model with "
+            f"{family.num_layers(config)} layers has {expected}; is this checkpoint a {family.name} model?"
+        )
+    return converted
+
+
+def convert(
+    model: PreTrainedModel,
+    attn_variant: str | None,
+    num_key_value_heads: int | None = None,
+    kv_init: str = "mean",
+    seed: int = 0,
+) -> PreTrainedModel:
+    """``model`` in another attention variant, as a new model sharing every tensor that did not change.
+
+    Args:
+        model: a model of a supported family (a causal LM, a base model, or a classification head).
+        attn_variant: ``mha``, ``gqa`` or ``mqa``; ``None`` derives it from ``num_key_value_heads``.
+        num_key_value_heads: the K/V heads of the result (required for ``gqa``).
+        kv_init: how fewer K/V heads are made from more: ``mean``, ``first``, ``random``. More K/V heads
+            are always exact copies.
+        seed: the seed of ``kv_init="random"``.
+
+    Raises:
+        ValueError: unsupported family, bad variant or head count, quantized model.
+    """
+    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
+        raise ValueError("a quantized model cannot be converted; load it in a floating-point dtype first")
+    config = model.config
+    family = family_for(config)
+    family.check_config(config)
+    dst = resolve_num_kv_heads(attn_variant, num_key_value_heads, family.num_heads(config))
+    check_kv_init(kv_init)
+    target_config = family.target_config(config, dst)
+    target_class = family.target_class(type(model), dst, config)
+    state = convert_state_dict(model.state_dict(), config, dst, kv_init, seed)
+
+    with torch.device("meta"):
+        new = target_class(target_config)
+    new.load_state_dict(state, strict=True, assign=True)
+    for name, buffer in list(new.named_buffers()):  # non-persistent buffers (rotary frequencies) are not in `state`
+        if buffer.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            new.get_submodule(owner).register_buffer(leaf, model.get_buffer(name), persistent=False)
+    new.tie_weights()
+    new.generation_config = copy.deepcopy(model.generation_config)
+    new.train(model.training)
+    return new

@@ -1,0 +1,19 @@
+"""Family adapters and their registry. Importing this package registers the built-in families."""
+
+from .base import FamilyAdapter, NativeFamily, PluginFamily
+from .gpt2 import GPT2
+from .native import NATIVE_FAMILIES
+from .registry import families, family_for, register_family, supported_model_types
+
+for _family in (*NATIVE_FAMILIES, GPT2):
+    register_family(_family)
+
+__all__ = [
+    "FamilyAdapter",
+    "NativeFamily",
+    "PluginFamily",
+    "families",
+    "family_for",
+    "register_family",
+    "supported_model_types",
+]

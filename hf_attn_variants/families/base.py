@@ -1,0 +1,186 @@
+"""Family adapters: where a family keeps its attention weights and how it counts K/V heads.
+
+An adapter is a small declaration. ``NativeFamily`` covers families whose own config holds
+``num_key_value_heads``: a variant is the family's own model with fewer K/V heads. ``PluginFamily``
+covers families that always have as many K/V heads as query heads: a variant swaps the plugin's
+``VariantAttention`` into the family's own model classes and is saved under a config registered by the
+plugin. Both transform a checkpoint tensor by tensor, so one code path converts a model in memory, a
+state dict, or a checkpoint on disk.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+
+from ..heads import regroup_kv_heads, split_fused
+
+
+@dataclass(frozen=True)
+class FamilyAdapter:
+    """What the conversion needs to know about one model family.
+
+    Attributes:
+        name: the family's name in tables and errors.
+        model_types: the transformers ``model_type`` values it covers.
+        notes: one line for the README's table of families.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    notes: str = ""
+
+    native: bool = field(init=False, default=True)
+
+    # -- head counts read off a config ------------------------------------------------------------------
+    def num_heads(self, config) -> int:
+        return config.num_attention_heads
+
+    def num_kv_heads(self, config) -> int:
+        return getattr(config, "num_key_value_heads", None) or self.num_heads(config)
+
+    def head_dim(self, config) -> int:
+        return getattr(config, "head_dim", None) or config.hidden_size // self.num_heads(config)
+
+    def num_layers(self, config) -> int:
+        return config.num_hidden_layers
+
+    def check_config(self, config) -> None:
+        """Raise ``ValueError`` for a configuration of this family that cannot be converted exactly."""
+
+    # -- weights --------------------------------------------------------------------------------------
+    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0) -> torch.Tensor | None:
+        """The converted tensor for ``key``, or ``None`` when the tensor does not depend on the K/V heads."""
+        raise NotImplementedError
+
+    def kv_weight_count(self, config) -> int:
+        """How many weight tensors (biases aside) of a whole model ``convert_tensor`` changes."""
+        raise NotImplementedError
+
+    # -- the converted model --------------------------------------------------------------------------
+    def target_config(self, config, dst_kv):
+        raise NotImplementedError
+
+    def target_class(self, model_class: type, dst_kv: int, config) -> type:
+        raise NotImplementedError
+
+    def _regroup(self, key, rows, config, dst_kv, kv_init, seed):
+        src_kv, head_dim = self.num_kv_heads(config), self.head_dim(config)
+        if rows.shape[0] != src_kv * head_dim:
+            raise ValueError(
+                f"{key}: {rows.shape[0]} K/V rows, but the config says {src_kv} K/V heads x head_dim {head_dim} = "
+                f"{src_kv * head_dim}; the checkpoint does not match its config"
+            )
+        generator = torch.Generator().manual_seed(seed + zlib.crc32(key.encode()))
+        return regroup_kv_heads(
+            rows, self.num_heads(config), self.num_kv_heads(config), dst_kv, kv_init, generator=generator
+        )
+
+
+@dataclass(frozen=True)
+class NativeFamily(FamilyAdapter):
+    """A family with separate q/k/v/o projections and ``num_key_value_heads`` in its own config."""
+
+    kv_projections: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
+
+    def __post_init__(self):
+        parts = "|".join(re.escape(p) for p in self.kv_projections)
+        object.__setattr__(self, "_kv_key", re.compile(rf"(?:^|\.)(?:{parts})\.(?:weight|bias)$"))
+
+    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
+        if not self._kv_key.search(key):
+            return None
+        return self._regroup(key, tensor, config, dst_kv, kv_init, seed)
+
+    def kv_weight_count(self, config) -> int:
+        return len(self.kv_projections) * self.num_layers(config)
+
+    def target_config(self, config, dst_kv):
+        target = config.__class__.from_dict(config.to_dict())
+        target.num_key_value_heads = dst_kv
+        target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
+        return target
+
+    def target_class(self, model_class, dst_kv, config):
+        return model_class
+
+
+@dataclass(frozen=True)
+class PluginFamily(FamilyAdapter):
+    """A family that always has H K/V heads; its variants run the plugin's ``VariantAttention``.
+
+    Attributes:
+        fused_qkv: the fused ``[q | k | v]`` projection, relative to the model (e.g. ``attn.c_attn``).
+        out_proj, attn_dropout, resid_dropout: the other children of the family's attention module, by name.
+        conv1d: the projections are GPT-2's ``Conv1D`` (weights stored ``(in, out)``).
+        attention_scaling: ``(config, layer_idx) -> float``, the factor applied to the attention scores.
+        attention_class: the family's own attention module class, replaced in variant models.
+        model_classes: the family's model classes that get a variant subclass.
+        config_class: the family's config class; the variant config subclasses it.
+    """
+
+    fused_qkv: str = ""
+    out_proj: str = ""
+    attn_dropout: str | None = None
+    resid_dropout: str | None = None
+    conv1d: bool = False
+    attention_class: type | None = None
+    model_classes: tuple[type, ...] = ()
+    config_class: type | None = None
+    attention_scaling: object = None  # (config, layer_idx) -> float
+    upcast_flag: str | None = None  # the config field that asks eager attention to compute in float32
+
+    def __post_init__(self):
+        object.__setattr__(self, "native", False)
+        object.__setattr__(self, "_qkv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
+
+    @property
+    def variant_model_type(self) -> str:
+        return f"attn_variant_{self.model_types[0]}"
+
+    def qkv_sizes(self, config, kv_heads) -> list[int]:
+        d = self.head_dim(config)
+        return [self.num_heads(config) * d, kv_heads * d, kv_heads * d]
+
+    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
+        if not self._qkv_key.search(key):
+            return None
+        out_dim = -1 if (self.conv1d and tensor.ndim == 2) else 0
+        rows = tensor.movedim(out_dim, 0)  # (q + k + v rows, *rest)
+        q, k, v = split_fused(rows, self.qkv_sizes(config, self.num_kv_heads(config)))
+        k = self._regroup(key + ":k", k, config, dst_kv, kv_init, seed)
+        v = self._regroup(key + ":v", v, config, dst_kv, kv_init, seed)
+        return torch.cat([q, k, v]).movedim(0, out_dim).contiguous()
+
+    def kv_weight_count(self, config) -> int:
+        return self.num_layers(config)
+
+    def target_config(self, config, dst_kv):
+        from .registry import variant_config_class
+
+        values = config.to_dict()
+        values.pop("model_type", None)
+        if dst_kv == self.num_heads(config):  # MHA is the family's own model: no plugin needed to load it
+            values.pop("num_key_value_heads", None)
+            target = self.config_class.from_dict(values)
+        else:
+            target = variant_config_class(self).from_dict({**values, "num_key_value_heads": dst_kv})
+        target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
+        return target
+
+    def target_class(self, model_class, dst_kv, config):
+        from .registry import variant_model_classes
+
+        base = getattr(model_class, "_attn_variant_base", model_class)
+        if dst_kv == self.num_heads(config):
+            return base
+        variants = variant_model_classes(self)
+        if base not in variants:
+            raise ValueError(
+                f"{base.__name__} has no attention variant; supported {self.name} classes: "
+                f"{sorted(c.__name__ for c in variants)}"
+            )
+        return variants[base]

@@ -1,0 +1,111 @@
+"""The registry of family adapters: which adapter handles a config, and the Auto registrations."""
+
+from __future__ import annotations
+
+import transformers
+from transformers.models.auto import modeling_auto
+
+from .base import FamilyAdapter, PluginFamily
+
+_FAMILIES: dict[str, FamilyAdapter] = {}
+_BY_MODEL_TYPE: dict[str, FamilyAdapter] = {}
+_VARIANT_CONFIGS: dict[str, type] = {}
+_VARIANT_MODELS: dict[str, dict[type, type]] = {}
+
+# Auto classes that get the variant of a family's class, and the transformers mapping that names it
+_AUTO_CLASSES = (
+    (transformers.AutoModel, modeling_auto.MODEL_MAPPING_NAMES),
+    (transformers.AutoModelForCausalLM, modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+    (transformers.AutoModelForSequenceClassification, modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+    (transformers.AutoModelForTokenClassification, modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+)
+
+
+def register_family(family: FamilyAdapter) -> FamilyAdapter:
+    """Register ``family``; for a plugin family, also its variant config and model classes with Auto.
+
+    Raises:
+        ValueError: the name or a model_type is already registered, or the declaration is incomplete.
+    """
+    if not isinstance(family, FamilyAdapter):
+        raise ValueError(f"register_family takes a FamilyAdapter, got {type(family).__name__}")
+    if family.name in _FAMILIES:
+        raise ValueError(f"a family named {family.name!r} is already registered")
+    if not family.model_types:
+        raise ValueError(f"family {family.name!r} covers no model_type")
+    taken = [t for t in family.model_types if t in _BY_MODEL_TYPE]
+    if taken:
+        raise ValueError(f"family {family.name!r}: model_type {taken} already belongs to {_BY_MODEL_TYPE[taken[0]].name!r}")
+    if isinstance(family, PluginFamily):
+        missing = [
+            f for f in ("fused_qkv", "out_proj", "attention_class", "config_class", "model_classes", "attention_scaling")
+            if not getattr(family, f)
+        ]
+        if missing:
+            raise ValueError(f"plugin family {family.name!r} does not declare {missing}")
+    _FAMILIES[family.name] = family
+    for model_type in family.model_types:
+        _BY_MODEL_TYPE[model_type] = family
+    if isinstance(family, PluginFamily):
+        _register_variant_classes(family)
+    return family
+
+
+def families() -> list[FamilyAdapter]:
+    """Every registered family, in registration order."""
+    return list(_FAMILIES.values())
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_BY_MODEL_TYPE)
+
+
+def family_for(config) -> FamilyAdapter:
+    """The adapter of the family that ``config`` belongs to.
+
+    Raises:
+        ValueError: the config's model_type is not supported; the message lists the supported ones.
+    """
+    model_type = getattr(config, "model_type", None)
+    family = _BY_MODEL_TYPE.get(model_type)
+    if family is None:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported by hf_attn_variants; supported: {supported_model_types()}"
+        )
+    return family
+
+
+def variant_config_class(family: PluginFamily) -> type:
+    return _VARIANT_CONFIGS[family.name]
+
+
+def variant_model_classes(family: PluginFamily) -> dict[type, type]:
+    """The family's model classes mapped to their variant subclasses."""
+    return _VARIANT_MODELS[family.name]
+
+
+def _register_variant_classes(family: PluginFamily) -> None:
+    from .. import configuration, modeling
+
+    config_class = configuration.make_variant_config_class(family)
+    _expose(config_class, configuration)
+    transformers.AutoConfig.register(family.variant_model_type, config_class)
+    _VARIANT_CONFIGS[family.name] = config_class
+    _BY_MODEL_TYPE[family.variant_model_type] = family
+
+    models = {}
+    for base in family.model_classes:
+        variant = modeling.make_variant_model_class(family, base, config_class)
+        _expose(variant, modeling)
+        models[base] = variant
+        for auto_class, names in _AUTO_CLASSES:
+            if names.get(family.model_types[0]) == base.__name__:
+                auto_class.register(config_class, variant)
+    _VARIANT_MODELS[family.name] = models
+
+
+def _expose(cls: type, module) -> None:
+    """Make a generated class importable (and picklable) from ``module``."""
+    cls.__module__ = module.__name__
+    cls.__qualname__ = cls.__name__
+    setattr(module, cls.__name__, cls)

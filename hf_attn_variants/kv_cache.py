@@ -1,0 +1,58 @@
+"""The KV-cache memory plan of a model's variants, from its config alone (no weights are loaded)."""
+
+from __future__ import annotations
+
+import torch
+
+from .families import family_for
+from .heads import kv_cache_bytes_per_token
+from .variants import resolve_num_kv_heads, variant_label
+
+CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
+def dtype_bytes(dtype: str | torch.dtype) -> int:
+    """Bytes per element of a cache dtype given by name (``bfloat16``) or as a ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype.itemsize
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {list(CACHE_DTYPES)}")
+    return getattr(torch, dtype).itemsize
+
+
+def kv_cache_plan(
+    config,
+    variants: list[tuple[str, int | None]],
+    seq_len: int,
+    batch: int = 1,
+    dtype: str | torch.dtype = "float32",
+) -> list[dict]:
+    """One row per variant: K/V heads, KV-cache bytes per token, total bytes, and the ratio to MHA.
+
+    Args:
+        config: the model's config (any supported family, plugin variant configs included).
+        variants: ``(attn_variant, num_key_value_heads)`` pairs, as ``parse_variant_list`` returns them.
+        seq_len, batch: the cached tokens per sequence and the number of sequences.
+        dtype: the cache's element type.
+    """
+    if seq_len < 1 or batch < 1:
+        raise ValueError(f"seq_len={seq_len} and batch={batch} must be positive")
+    family = family_for(config)
+    heads, layers, head_dim = family.num_heads(config), family.num_layers(config), family.head_dim(config)
+    element = dtype_bytes(dtype)
+    mha_per_token = kv_cache_bytes_per_token(layers, heads, head_dim, element)
+    rows = []
+    for attn_variant, count in variants:
+        kv_heads = resolve_num_kv_heads(attn_variant, count, heads)
+        per_token = kv_cache_bytes_per_token(layers, kv_heads, head_dim, element)
+        rows.append(
+            {
+                "variant": variant_label(heads, kv_heads),
+                "num_key_value_heads": kv_heads,
+                "bytes_per_token": per_token,
+                "total_bytes": per_token * seq_len * batch,
+                "fraction_of_mha": per_token / mha_per_token,
+                "source": kv_heads == family.num_kv_heads(config),
+            }
+        )
+    return rows
