@@ -63,8 +63,10 @@ def convert(
     Raises:
         ValueError: unsupported family, bad variant or head count, quantized model.
     """
-    if getattr(model, "hf_quantizer", None) is not None or getattr(model, "is_quantized", False):
-        raise ValueError("a quantized model cannot be converted; load it in a floating-point dtype first")
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    if quantizer is not None and str(getattr(method, "value", method)) != "gguf":  # GGUF weights load dequantized
+        raise ValueError(f"a model quantized with {method} cannot be converted; load it in a floating-point dtype")
     config = model.config
     family = family_for(config)
     family.check_config(config)
@@ -82,6 +84,7 @@ def convert(
             owner, _, leaf = name.rpartition(".")
             new.get_submodule(owner).register_buffer(leaf, model.get_buffer(name), persistent=False)
     new.tie_weights()
-    new.generation_config = copy.deepcopy(model.generation_config)
+    if getattr(model, "generation_config", None) is not None:  # base models have none
+        new.generation_config = copy.deepcopy(model.generation_config)
     new.train(model.training)
     return new

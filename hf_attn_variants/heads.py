@@ -1,4 +1,4 @@
-"""Head math: pure tensor functions that change the number of K/V heads.
+r"""Head math: pure tensor functions that change the number of K/V heads.
 
 Nothing here imports transformers. Every function takes a projection's K or V rows viewed as
 ``(kv_heads * head_dim, *rest)`` (a ``nn.Linear`` weight, a bias, or the K block of a fused projection

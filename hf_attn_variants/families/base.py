@@ -67,6 +67,15 @@ class FamilyAdapter:
     def target_class(self, model_class: type, dst_kv: int, config) -> type:
         raise NotImplementedError
 
+    @staticmethod
+    def config_values(config) -> dict:
+        """``config`` as a dict, less a GGUF quantization record (GGUF weights load dequantized)."""
+        values = config.to_dict()
+        quantization = values.get("quantization_config") or {}
+        if quantization.get("quant_method") == "gguf":
+            del values["quantization_config"]
+        return values
+
     def _regroup(self, key, rows, config, dst_kv, kv_init, seed):
         src_kv, head_dim = self.num_kv_heads(config), self.head_dim(config)
         if rows.shape[0] != src_kv * head_dim:
@@ -99,7 +108,7 @@ class NativeFamily(FamilyAdapter):
         return len(self.kv_projections) * self.num_layers(config)
 
     def target_config(self, config, dst_kv):
-        target = config.__class__.from_dict(config.to_dict())
+        target = config.__class__.from_dict(self.config_values(config))
         target.num_key_value_heads = dst_kv
         target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
         return target
@@ -161,7 +170,7 @@ class PluginFamily(FamilyAdapter):
     def target_config(self, config, dst_kv):
         from .registry import variant_config_class
 
-        values = config.to_dict()
+        values = self.config_values(config)
         values.pop("model_type", None)
         if dst_kv == self.num_heads(config):  # MHA is the family's own model: no plugin needed to load it
             values.pop("num_key_value_heads", None)

@@ -1,0 +1,79 @@
+"""Convert a checkpoint on disk into a new folder: validated first, written atomically, safetensors only."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .auto import AutoModelForCausalLM
+from .configuration import AttnVariantConfig
+from .default_model import resolve_source
+from .io import atomic_output_dir, check_output_dir
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def convert_checkpoint(
+    src: str,
+    out: str | os.PathLike,
+    attn_variant: str | None,
+    num_key_value_heads: int | None = None,
+    kv_init: str = "mean",
+    seed: int = 0,
+    gguf_file: str | None = None,
+    dtype: str = "auto",
+    overwrite: bool = False,
+) -> Path:
+    """Write ``src`` (folder, hub id, GGUF file, or ``smollm2``) in ``attn_variant`` to the folder ``out``.
+
+    Everything is checked before any weight is read; the model and its tokenizer are written to a
+    temporary folder beside ``out`` that replaces ``out`` only once complete. Only safetensors (and GGUF)
+    weights are read; pickled checkpoints are refused by transformers' ``use_safetensors=True``.
+
+    Raises:
+        ValueError, FileExistsError, OSError: bad variant or head count, unsupported family, an ``out``
+            that exists (without ``overwrite``) or would clobber the source, a missing or unreadable source.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+    src, gguf_file = resolve_source(src, gguf_file)
+    out = check_output_dir(src, out, overwrite)
+    hub = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    request = AttnVariantConfig.from_pretrained(
+        src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **hub_config_kwargs(hub)
+    )
+    model = AutoModelForCausalLM.from_pretrained(
+        src,
+        config=request.base(),
+        attn_variant=request.attn_variant,
+        num_key_value_heads=request.num_key_value_heads,
+        kv_init=kv_init,
+        kv_init_seed=seed,
+        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+        **hub,
+    )
+    tokenizer = _load_tokenizer(src, gguf_file)
+    with atomic_output_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return out
+
+
+def hub_config_kwargs(hub: dict) -> dict:
+    return {k: v for k, v in hub.items() if k != "use_safetensors"}
+
+
+def _load_tokenizer(src, gguf_file):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(src, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except (OSError, ValueError, KeyError) as err:  # a weights-only folder: the checkpoint is still complete
+        logger.warning("no tokenizer saved: %s", err)
+        return None

@@ -1,0 +1,69 @@
+"""Tiny random configs of every supported family, and helpers shared by the tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+
+VOCAB = 96
+HEADS = 8
+
+# family name -> (config class, kwargs) of a tiny model with HEADS query heads and its native K/V heads
+TINY = {
+    "llama": (transformers.LlamaConfig, dict(num_key_value_heads=4)),
+    "mistral": (transformers.MistralConfig, dict(num_key_value_heads=4, sliding_window=None)),
+    "qwen2": (transformers.Qwen2Config, dict(num_key_value_heads=4)),
+    "qwen3": (transformers.Qwen3Config, dict(num_key_value_heads=4, head_dim=16)),
+    "gpt2": (transformers.GPT2Config, dict()),
+}
+FAMILIES = list(TINY)
+ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
+
+
+def tiny_config(family: str, num_key_value_heads: int | None = None, **overrides):
+    config_class, extra = TINY[family]
+    if config_class is transformers.GPT2Config:
+        values = dict(n_embd=64, n_layer=2, n_head=HEADS, n_positions=64, vocab_size=VOCAB, bos_token_id=1,
+                      eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    else:
+        values = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS,
+                      vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
+                      pad_token_id=0, tie_word_embeddings=False)
+    values.update(extra)
+    if num_key_value_heads is not None:
+        values["num_key_value_heads"] = num_key_value_heads
+    values.update(overrides)
+    return config_class(**values)
+
+
+def tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **config_kwargs):
+    """A randomly initialised tiny causal LM, in eval mode; biases made non-zero so they are tested too."""
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(
+        tiny_config(family, **config_kwargs), attn_implementation=attn_implementation
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0, 0.05)
+    return model.eval()
+
+
+def native_kv_heads(model) -> int:
+    return hav.family_for(model.config).num_kv_heads(model.config)
+
+
+def kv_heads_in_cache(cache) -> set[int]:
+    return {layer.keys.shape[1] for layer in cache.layers} | {layer.values.shape[1] for layer in cache.layers}
+
+
+def cache_bytes(cache) -> int:
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+@pytest.fixture
+def input_ids():
+    return torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))

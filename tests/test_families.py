@@ -1,0 +1,214 @@
+"""One tester over family x variant x attention implementation, against unmodified transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+from hf_attn_variants.families.registry import variant_model_classes
+
+from .conftest import (
+    ATTN_IMPLEMENTATIONS,
+    FAMILIES,
+    HEADS,
+    cache_bytes,
+    kv_heads_in_cache,
+    native_kv_heads,
+    tiny_config,
+    tiny_model,
+)
+
+# (attn_variant, num_key_value_heads) reached from each family's tiny model
+VARIANTS = [("mha", None), ("gqa", 4), ("gqa", 2), ("mqa", None)]
+
+
+def logits(model, input_ids, **kwargs):
+    with torch.no_grad():
+        return model(input_ids, **kwargs).logits
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_mha_to_mha_reproduces_unmodified_transformers_exactly(family, attn, input_ids):
+    source = tiny_model(family, attn, num_key_value_heads=HEADS) if family != "gpt2" else tiny_model(family, attn)
+    converted = hav.convert(source, "mha")
+    assert torch.equal(logits(converted, input_ids), logits(source, input_ids))
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+def test_plugin_attention_with_all_heads_reproduces_gpt2_exactly(attn, input_ids):
+    """GPT-2's MHA variant is plain GPT-2; this runs the plugin's own attention with G = H against it."""
+    source = tiny_model("gpt2", attn)
+    variant_class = variant_model_classes(hav.family_for(source.config))[transformers.GPT2LMHeadModel]
+    config = variant_class.config_class.from_dict({**source.config.to_dict(), "num_key_value_heads": HEADS})
+    variant = variant_class._from_config(config, attn_implementation=attn).eval()
+    variant.load_state_dict(source.state_dict())
+    assert type(variant.transformer.h[0].attn).__name__ == "VariantAttention"
+    assert torch.equal(logits(variant, input_ids), logits(source, input_ids))
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+def test_gqa_to_mha_expansion_is_exact(family, attn, input_ids):
+    source = tiny_model(family, attn)  # GQA-4
+    expanded = hav.convert(source, "mha")
+    assert expanded.config.num_key_value_heads == HEADS
+    torch.testing.assert_close(logits(expanded, input_ids), logits(source, input_ids), rtol=0, atol=1e-6)
+    if attn == "eager":
+        assert torch.equal(logits(expanded, input_ids), logits(source, input_ids))
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None)])
+def test_mean_pooling_of_equal_heads_is_exact(family, attn, variant, count, input_ids):
+    base = tiny_model(family, attn)
+    pooled = hav.convert(base, variant, count)  # G heads...
+    source = hav.convert(pooled, num_key_value_heads=native_kv_heads(base), attn_variant=None)  # ...duplicated back
+    again = hav.convert(source, variant, count, kv_init="mean")
+    assert native_kv_heads(again) == native_kv_heads(pooled)
+    torch.testing.assert_close(logits(again, input_ids), logits(source, input_ids), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant, count", VARIANTS)
+def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, variant, count, input_ids):
+    model = hav.convert(tiny_model(family), variant, count)
+    kv = hav.resolve_num_kv_heads(variant, count, HEADS)
+    head_dim = hav.family_for(model.config).head_dim(model.config)
+    n_kv_rows = sum(
+        p.numel() // p.shape[-1] if p.ndim == 2 else 0
+        for n, p in model.named_parameters()
+        if n.endswith(("k_proj.weight", "v_proj.weight"))
+    )
+    if family == "gpt2":
+        assert model.transformer.h[0].attn.c_attn.weight.shape == (64, 64 + 2 * kv * head_dim)
+    else:
+        assert n_kv_rows == 2 * 2 * kv * head_dim  # 2 layers x (k, v)
+    with torch.no_grad():
+        out = model(input_ids, use_cache=True)
+    assert kv_heads_in_cache(out.past_key_values) == {kv}
+    plan = hav.kv_cache_plan(model.config, [(variant, count)], seq_len=input_ids.shape[1], batch=input_ids.shape[0])
+    assert cache_bytes(out.past_key_values) == plan[0]["total_bytes"]
+
+
+@pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_greedy_generation_with_cache_equals_without(family, attn, cache_implementation, input_ids):
+    model = hav.convert(tiny_model(family, attn), "gqa", 2)
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with_cache = model.generate(input_ids, use_cache=True, cache_implementation=cache_implementation, **kwargs)
+    without = model.generate(input_ids, use_cache=False, **kwargs)
+    assert torch.equal(with_cache, without)
+
+
+@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_left_padded_batch_gives_each_row_its_own_logits(family, attn):
+    model = hav.convert(tiny_model(family, attn), "mqa")
+    rows = [torch.tensor([5, 6, 7, 8, 9, 10, 11]), torch.tensor([12, 13, 14])]
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.zeros(width - len(r), dtype=torch.long), r]) for r in rows])
+    mask = torch.stack([torch.cat([torch.zeros(width - len(r)), torch.ones(len(r))]).long() for r in rows])
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    batched = logits(model, ids, attention_mask=mask, position_ids=position_ids)
+    for i, row in enumerate(rows):
+        alone = logits(model, row[None])
+        torch.testing.assert_close(batched[i, width - len(row) :], alone[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None)])
+def test_eager_and_sdpa_agree(family, variant, count, input_ids):
+    eager = hav.convert(tiny_model(family, "eager"), variant, count)
+    sdpa = hav.convert(tiny_model(family, "sdpa"), variant, count)
+    torch.testing.assert_close(logits(sdpa, input_ids), logits(eager, input_ids), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kv_init", hav.KV_INIT_METHODS)
+def test_kv_init_methods_differ_and_are_deterministic(family, kv_init, input_ids):
+    source = tiny_model(family)
+    a = logits(hav.convert(source, "mqa", kv_init=kv_init, seed=3), input_ids)
+    b = logits(hav.convert(source, "mqa", kv_init=kv_init, seed=3), input_ids)
+    assert torch.equal(a, b)
+    if kv_init != "mean":
+        assert not torch.equal(a, logits(hav.convert(source, "mqa", kv_init="mean"), input_ids))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_conversion_keeps_dtype_and_shares_unchanged_tensors(family):
+    source = tiny_model(family).to(torch.bfloat16)
+    converted = hav.convert(source, "mqa")
+    assert converted.dtype == torch.bfloat16
+    embed = converted.get_input_embeddings().weight
+    assert embed.data_ptr() == source.get_input_embeddings().weight.data_ptr()
+    assert not any(b.is_meta for b in converted.buffers()) and not any(p.is_meta for p in converted.parameters())
+
+
+RELOAD_WITHOUT_PLUGIN = """
+import sys, torch, transformers
+from safetensors.torch import load_file
+assert "hf_attn_variants" not in sys.modules
+model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
+assert "hf_attn_variants" not in sys.modules
+data = load_file(sys.argv[2])
+with torch.no_grad():
+    out = model(data["input_ids"]).logits
+assert model.config.num_key_value_heads == int(sys.argv[3]), model.config.num_key_value_heads
+assert torch.equal(out, data["logits"]), (out - data["logits"]).abs().max()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(family, input_ids, tmp_path):
+    from safetensors.torch import save_file
+
+    model = hav.convert(tiny_model(family), "mqa")
+    model.save_pretrained(tmp_path / "model")
+    assert model.config.model_type == family
+    save_file({"input_ids": input_ids, "logits": logits(model, input_ids)}, str(tmp_path / "expected.safetensors"))
+    run = subprocess.run(
+        [sys.executable, "-c", RELOAD_WITHOUT_PLUGIN, str(tmp_path / "model"), str(tmp_path / "expected.safetensors"), "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None), ("mha", None)])
+def test_gpt2_variant_round_trips_through_plain_transformers(variant, count, input_ids, tmp_path):
+    model = hav.convert(tiny_model("gpt2"), variant, count)
+    model.save_pretrained(tmp_path)
+    expected_type = "gpt2" if variant == "mha" else "attn_variant_gpt2"
+    assert model.config.model_type == expected_type
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    assert type(reloaded) is type(model)
+    assert torch.equal(logits(reloaded, input_ids), logits(model, input_ids))
+    assert all(f.suffix != ".bin" for f in tmp_path.iterdir())
+
+
+def test_gpt2_scaling_options_are_kept(input_ids):
+    for options in ({"scale_attn_by_inverse_layer_idx": True}, {"reorder_and_upcast_attn": True}, {"scale_attn_weights": False}):
+        source = tiny_model("gpt2", **options)
+        pooled = hav.convert(source, "gqa", 2)
+        roundtrip = hav.convert(pooled, "mha")
+        again = hav.convert(roundtrip, "gqa", 2)
+        torch.testing.assert_close(logits(again, input_ids), logits(roundtrip, input_ids), rtol=0, atol=2e-6)
+        for layer, block in enumerate(again.transformer.h):
+            assert block.attn.scaling == source.transformer.h[layer].attn.scaling
+
+
+def test_base_model_and_sequence_classifier_convert(input_ids):
+    base = transformers.AutoModel.from_config(tiny_config("gpt2"))
+    converted = hav.convert(base, "mqa")
+    assert type(converted).__name__ == "GPT2AttnVariantModel"
+    llama = transformers.AutoModelForSequenceClassification.from_config(tiny_config("llama", num_labels=3))
+    assert hav.convert(llama, "mqa").config.num_key_value_heads == 1
