@@ -126,9 +126,7 @@ class AttnVariantConfig(PretrainedConfig):
         if self.base_config is None:
             raise ValueError("this AttnVariantConfig has no base_config; build it with AttnVariantConfig.from_base")
         values = dict(self.base_config)
-        base = CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
-        base.name_or_path = self.name_or_path
-        return base
+        return CONFIG_MAPPING[values.pop("model_type")].from_dict(values)
 
     def target_config(self) -> PretrainedConfig:
         """The config of the model this request builds: the family's own, or its variant config."""

@@ -92,9 +92,9 @@ def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, 
         assert n_kv_rows == 2 * 2 * kv * head_dim  # 2 layers x (k, v)
     with torch.no_grad():
         out = model(input_ids, use_cache=True)
-    assert kv_heads_in_cache(out.past_key_values) == {kv}
+    assert kv_heads_in_cache(out.cache) == {kv}
     plan = hav.kv_cache_plan(model.config, [(variant, count)], seq_len=input_ids.shape[1], batch=input_ids.shape[0])
-    assert cache_bytes(out.past_key_values) == plan[0]["total_bytes"]
+    assert cache_bytes(out.cache) == plan[0]["total_bytes"]
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])

@@ -1,0 +1,144 @@
+"""The drop-in Auto classes and AttnVariantConfig, through hav and through plain transformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+
+from .conftest import FAMILIES, HEADS, tiny_model
+
+
+def logits(model, input_ids):
+    with torch.no_grad():
+        return model(input_ids).logits
+
+
+@pytest.fixture(params=FAMILIES)
+def saved(request, tmp_path):
+    """A tiny source checkpoint of each family on disk, with the model it was saved from."""
+    model = tiny_model(request.param)
+    model.save_pretrained(tmp_path / "src")
+    return request.param, tmp_path / "src", model
+
+
+def test_without_attn_variant_the_auto_classes_are_transformers_own(saved, input_ids):
+    _, src, model = saved
+    loaded = hav.AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager").eval()
+    assert type(loaded) is type(model)
+    assert torch.equal(logits(loaded, input_ids), logits(model, input_ids))
+    assert type(hav.AutoModel.from_pretrained(src)) is type(transformers.AutoModel.from_pretrained(src))
+    assert issubclass(hav.AutoModelForCausalLM, transformers.AutoModelForCausalLM)
+
+
+@pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None), ("mha", None)])
+def test_from_pretrained_converts_like_convert(saved, variant, count, input_ids, tmp_path):
+    family, src, model = saved
+    loaded = hav.AutoModelForCausalLM.from_pretrained(
+        src, attn_variant=variant, num_key_value_heads=count, attn_implementation="eager"
+    ).eval()
+    expected = hav.convert(model, variant, count)
+    assert type(loaded) is type(expected)
+    assert hav.family_for(loaded.config).num_kv_heads(loaded.config) == hav.resolve_num_kv_heads(variant, count, HEADS)
+    assert torch.equal(logits(loaded, input_ids), logits(expected, input_ids))
+    loaded.save_pretrained(tmp_path / "out")
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", attn_implementation="eager").eval()
+    assert torch.equal(logits(reloaded, input_ids), logits(loaded, input_ids))
+
+
+def test_from_pretrained_passes_transformers_kwargs(saved):
+    _, src, _ = saved
+    model = hav.AutoModelForCausalLM.from_pretrained(src, attn_variant="mqa", dtype=torch.bfloat16, attn_implementation="sdpa")
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
+
+
+def test_base_model_from_pretrained(saved):
+    family, src, _ = saved
+    model = hav.AutoModel.from_pretrained(src, attn_variant="mqa")
+    assert not hasattr(model, "lm_head")
+    assert hav.family_for(model.config).num_kv_heads(model.config) == 1
+
+
+def test_attn_variant_config_with_plain_transformers(saved, input_ids, tmp_path):
+    family, src, model = saved
+    cfg = hav.AttnVariantConfig.from_pretrained(src, attn_variant="gqa", num_key_value_heads=2)
+    assert cfg.model_type == "attn_variant" and cfg.num_key_value_heads == 2 and cfg.attn_variant == "gqa"
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(src, config=cfg, attn_implementation="eager").eval()
+    assert torch.equal(logits(loaded, input_ids), logits(hav.convert(model, "gqa", 2), input_ids))
+
+    random = transformers.AutoModelForCausalLM.from_config(cfg)
+    assert type(random) is type(loaded)
+    assert hav.family_for(random.config).num_kv_heads(random.config) == 2
+    assert not torch.equal(logits(random.eval(), input_ids), logits(loaded, input_ids))
+
+    cfg.save_pretrained(tmp_path / "request")  # a request saved to disk loads back through AutoConfig
+    again = transformers.AutoConfig.from_pretrained(tmp_path / "request")
+    assert isinstance(again, hav.AttnVariantConfig) and again.base().to_dict() == cfg.base().to_dict()
+
+
+def test_from_base_and_from_config_kwargs(saved):
+    family, src, model = saved
+    cfg = hav.AttnVariantConfig.from_base(model.config, "mqa")
+    assert cfg.num_key_value_heads == 1 and cfg.attn_variant == "mqa"
+    random = hav.AutoModelForCausalLM.from_config(model.config, attn_variant="gqa", num_key_value_heads=4)
+    assert hav.family_for(random.config).num_kv_heads(random.config) == 4
+
+
+def test_num_key_value_heads_alone_names_the_variant():
+    cfg = hav.AttnVariantConfig.from_base(tiny_model("llama").config, num_key_value_heads=1)
+    assert cfg.attn_variant == "mqa"
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(attn_variant="mla"), "attn_variant='mla' is not one of ['mha', 'gqa', 'mqa']"),
+        (dict(attn_variant="gqa"), "attn_variant='gqa' needs num_key_value_heads; valid choices for 8 query heads: [2, 4]"),
+        (dict(attn_variant="gqa", num_key_value_heads=3), "num_key_value_heads=3 does not divide num_attention_heads=8"),
+        (dict(attn_variant="gqa", num_key_value_heads=16), "num_key_value_heads=16 is not between 1 and num_attention_heads=8"),
+        (dict(attn_variant="gqa", num_key_value_heads=8), "makes MHA, not GQA"),
+        (dict(attn_variant="mqa", num_key_value_heads=2), "attn_variant='mqa' means num_key_value_heads=1"),
+        (dict(attn_variant="mqa", kv_init="median"), "kv_init='median' is not one of ['mean', 'first', 'random']"),
+        (dict(kv_init="first"), "['kv_init'] given without attn_variant or num_key_value_heads"),
+    ],
+)
+def test_bad_variant_requests_raise_before_loading_weights(saved, kwargs, message, monkeypatch):
+    _, src, _ = saved
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(no_weights))
+    with pytest.raises(ValueError) as err:
+        hav.AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    assert message in str(err.value)
+
+
+def test_unsupported_family_lists_the_supported_ones(tmp_path):
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    with pytest.raises(ValueError, match=r"model_type 'bert' is not supported by hf_attn_variants; supported: \[.*'llama'"):
+        hav.AttnVariantConfig.from_base(config, "mqa")
+    with pytest.raises(ValueError, match="'bert' is not supported"):
+        hav.convert(transformers.BertModel(config), "mqa")
+
+
+def test_gpt2_cross_attention_is_refused():
+    from .conftest import tiny_config
+
+    with pytest.raises(ValueError, match="add_cross_attention=True is not supported"):
+        hav.AttnVariantConfig.from_base(tiny_config("gpt2", add_cross_attention=True), "mqa")
+
+
+def test_register_family_validates():
+    from hf_attn_variants.families import NativeFamily, PluginFamily
+
+    with pytest.raises(ValueError, match="a family named 'llama' is already registered"):
+        hav.register_family(NativeFamily("llama", ("llama",)))
+    with pytest.raises(ValueError, match=r"model_type \['mistral'\] already belongs to 'mistral'"):
+        hav.register_family(NativeFamily("other", ("mistral",)))
+    with pytest.raises(ValueError, match="does not declare"):
+        hav.register_family(PluginFamily("opt-incomplete", ("opt",)))
+    with pytest.raises(ValueError, match="covers no model_type"):
+        hav.register_family(NativeFamily("empty", ()))

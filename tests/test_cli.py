@@ -1,0 +1,148 @@
+"""The command line: outputs, and bad input refused with status 2 and nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from hf_attn_variants import cli
+from hf_attn_variants.heads import kv_cache_bytes_per_token
+
+from .conftest import tiny_model
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def src(tmp_path):
+    model = tiny_model("llama")
+    model.save_pretrained(tmp_path / "src")
+    return tmp_path / "src"
+
+
+def run(*argv) -> int:
+    """The exit status of the command line, whether it returns it or argparse exits with it."""
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+def test_convert_writes_a_checkpoint_that_plain_transformers_loads(src, tmp_path):
+    assert run("convert", src, tmp_path / "out", "--variant", "gqa", "--num-kv-heads", "2") == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.num_key_value_heads == 2
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+
+
+def test_convert_dtype_and_kv_init(src, tmp_path):
+    assert run("convert", src, tmp_path / "out", "--variant", "mqa", "--kv-init", "random", "--seed", "1", "--dtype", "bfloat16") == 0
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
+    assert model.dtype == torch.bfloat16 and model.config.num_key_value_heads == 1
+
+
+def test_kv_cache_table_and_json(src, capsys):
+    assert run("kv-cache", src, "--variants", "mha,gqa:4,gqa:2,mqa", "--seq-len", "1000", "--batch", "3", "--dtype", "float16", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    per_token = [row["bytes_per_token"] for row in report["variants"]]
+    assert per_token == [kv_cache_bytes_per_token(2, g, 8, 2) for g in (8, 4, 2, 1)]
+    assert [row["total_bytes"] for row in report["variants"]] == [b * 3000 for b in per_token]
+    assert [row["source"] for row in report["variants"]] == [False, True, False, False]
+    assert run("kv-cache", src, "--variants", "mha,mqa") == 0
+    table = capsys.readouterr().out
+    assert "MHA-8" in table and "MQA" in table and "0.125" in table
+
+
+def test_console_script_is_installed(src):
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    result = subprocess.run([str(exe), "kv-cache", str(src), "--variants", "mqa"], capture_output=True, text=True)
+    assert result.returncode == 0 and "MQA" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--variant", "mla"], "invalid choice: 'mla'"),
+        (["--variant", "gqa"], "attn_variant='gqa' needs num_key_value_heads; valid choices for 8 query heads: [2, 4]"),
+        (["--variant", "gqa", "--num-kv-heads", "3"], "num_key_value_heads=3 does not divide num_attention_heads=8"),
+        (["--variant", "gqa", "--num-kv-heads", "9"], "num_key_value_heads=9 is not between 1 and"),
+        (["--variant", "mqa", "--kv-init", "median"], "invalid choice: 'median'"),
+        (["--variant", "mqa", "--dtype", "int8"], "invalid choice: 'int8'"),
+    ],
+)
+def test_bad_arguments_exit_2_and_write_nothing(src, tmp_path, capsys, argv, message):
+    before = digest(src)
+    assert run("convert", src, tmp_path / "out", *argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and digest(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_unsupported_family_exits_2(tmp_path, capsys):
+    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    bert.save_pretrained(tmp_path / "bert")
+    assert run("convert", tmp_path / "bert", tmp_path / "out", "--variant", "mqa") == 2
+    assert "model_type 'bert' is not supported by hf_attn_variants; supported: [" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_out_is_refused_unless_overwrite(src, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "precious.txt").write_text("work")
+    assert run("convert", src, out, "--variant", "mqa") == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "work"
+    assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 0
+    assert not (out / "precious.txt").exists() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("where", ["same", "inside"])
+def test_out_equal_to_or_inside_src_is_refused(src, capsys, where):
+    before = digest(src)
+    out = src if where == "same" else src / "converted"
+    assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 2
+    assert "is or lies inside the source" in capsys.readouterr().err
+    assert digest(src) == before
+
+
+def test_missing_source_exits_2(tmp_path, capsys):
+    assert run("convert", tmp_path / "nowhere", tmp_path / "out", "--variant", "mqa") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickled_checkpoint_is_refused(src, tmp_path, capsys):
+    pickled = tmp_path / "pickled"
+    shutil.copytree(src, pickled)
+    state = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    (pickled / "model.safetensors").unlink()
+    torch.save(state, pickled / "pytorch_model.bin")
+    assert run("convert", pickled, tmp_path / "out", "--variant", "mqa") == 2
+    assert "safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_conversion_leaves_no_out_and_a_rerun_succeeds(src, tmp_path, monkeypatch):
+    original = transformers.PreTrainedModel.save_pretrained
+
+    def crash(self, folder, *args, **kwargs):
+        original(self, folder, *args, **kwargs)
+        raise KeyboardInterrupt("killed mid-way")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run("convert", src, tmp_path / "out", "--variant", "mqa")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", original)
+    assert run("convert", src, tmp_path / "out", "--variant", "mqa") == 0

@@ -1,0 +1,67 @@
+"""Real-model checks on SmolLM2-135M-Instruct (GQA-3: 9 query heads, 3 K/V heads), fetched once and cached."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+from hf_attn_variants.default_model import default_model
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    folder, gguf_file = default_model()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file).eval()
+    return folder, gguf_file, tokenizer, model
+
+
+def answer(model, tokenizer) -> str:
+    ids = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def prose_ids(smollm2):
+    import pydoc_data.topics
+
+    text = pydoc_data.topics.topics["for"][:2000]
+    return smollm2[2](text, return_tensors="pt").input_ids[:, :256]
+
+
+def test_gqa3_to_mha9_gives_the_same_logits_and_answer(smollm2, prose_ids):
+    folder, gguf_file, tokenizer, model = smollm2
+    assert model.config.num_attention_heads == 9 and model.config.num_key_value_heads == 3
+    mha = hav.convert(model, "mha")
+    assert mha.config.num_key_value_heads == 9
+    assert mha.model.layers[0].self_attn.k_proj.weight.shape == (9 * 64, 576)
+    with torch.no_grad():
+        diff = (mha(prose_ids).logits - model(prose_ids).logits).abs().max().item()
+    assert diff <= 1e-4, diff
+    reference = answer(model, tokenizer)
+    assert "Paris" in reference
+    assert answer(mha, tokenizer) == reference
+
+
+def test_mqa_runs_saves_and_reloads(smollm2, prose_ids, tmp_path):
+    folder, gguf_file, tokenizer, _ = smollm2
+    mqa = hav.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, attn_variant="mqa").eval()
+    assert mqa.config.num_key_value_heads == 1
+    assert mqa.model.layers[0].self_attn.k_proj.weight.shape == (64, 576)
+    with torch.no_grad():
+        out = mqa(prose_ids, use_cache=True)
+    assert torch.isfinite(out.logits).all()
+    assert {layer.keys.shape[1] for layer in out.cache.layers} == {1}
+    assert isinstance(answer(mqa, tokenizer), str)
+    mqa.save_pretrained(tmp_path)
+    assert "quantization_config" not in (tmp_path / "config.json").read_text()
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(prose_ids).logits, out.logits)
