@@ -1,4 +1,4 @@
-# make main   - set up, then convert the default model (SmolLM2-135M-Instruct) and print its KV-cache plan
+# make main   - set up, then on the default model (SmolLM2-135M-Instruct): KV-cache plan, MQA conversion, real-model check
 # make test   - set up, then run the whole test suite (unit + real-model tests)
 PY ?= python3
 VENV ?= .venv
@@ -18,6 +18,7 @@ setup: $(BIN)/hf-attn-variants
 main: setup
 	$(BIN)/hf-attn-variants kv-cache smollm2 --variants mha,gqa:3,mqa --seq-len 8192 --batch 8 --dtype bfloat16
 	$(BIN)/hf-attn-variants convert smollm2 out/smollm2-mqa --variant mqa --overwrite
+	$(BIN)/python scripts/real_model_check.py --json_out out/real_model_check.json
 
 test: setup
 	$(BIN)/python -m pytest -ra

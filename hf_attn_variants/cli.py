@@ -84,7 +84,18 @@ def _kv_cache(args) -> int:
     config = AutoConfig.from_pretrained(src, **({"gguf_file": gguf_file} if gguf_file else {}))
     rows = kv_cache_plan(config, variants, args.seq_len, args.batch, args.dtype)
     if args.json:
-        print(json.dumps({"source": args.src, "seq_len": args.seq_len, "batch": args.batch, "dtype": args.dtype, "variants": rows}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "source": args.src,
+                    "seq_len": args.seq_len,
+                    "batch": args.batch,
+                    "dtype": args.dtype,
+                    "variants": rows,
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"KV cache of {args.src}: {args.seq_len} tokens x batch {args.batch}, {args.dtype}")
     print(f"{'variant':<10} {'K/V heads':>9} {'per token':>12} {'total':>12} {'vs MHA':>7}")

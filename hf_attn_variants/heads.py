@@ -36,8 +36,7 @@ def check_head_counts(num_heads: int, num_kv_heads: int) -> None:
     if num_heads < 1 or num_kv_heads < 1 or num_heads % num_kv_heads:
         valid = [g for g in range(1, num_heads + 1) if num_heads % g == 0] if num_heads > 0 else []
         raise ValueError(
-            f"num_key_value_heads={num_kv_heads} must divide num_attention_heads={num_heads}; "
-            f"valid choices: {valid}"
+            f"num_key_value_heads={num_kv_heads} must divide num_attention_heads={num_heads}; valid choices: {valid}"
         )
 
 

@@ -21,7 +21,9 @@ def check_output_dir(src: str | os.PathLike, out: str | os.PathLike, overwrite: 
     if source is not None:
         source_dir = source if source.is_dir() else source.parent
         if out == source_dir or source_dir in out.parents:
-            raise ValueError(f"OUT {str(out)!r} is or lies inside the source {str(source_dir)!r}; choose another folder")
+            raise ValueError(
+                f"OUT {str(out)!r} is or lies inside the source {str(source_dir)!r}; choose another folder"
+            )
         if out in source.parents:
             raise ValueError(f"OUT {str(out)!r} contains the source {str(source)!r}; choose another folder")
     if out.exists() and not overwrite:

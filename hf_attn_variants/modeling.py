@@ -48,7 +48,9 @@ def grouped_eager_attention(
         scores = scores + mask
     probs = nn.functional.softmax(scores, dim=-1).to(value.dtype)
     probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs.view(batch, num_kv, group * q_len, -1), value)  # (batch, kv_heads, group * q_len, head_dim)
+    out = torch.matmul(
+        probs.view(batch, num_kv, group * q_len, -1), value
+    )  # (batch, kv_heads, group * q_len, head_dim)
     out = out.view(batch, num_heads, q_len, head_dim).transpose(1, 2)  # (batch, q_len, heads, head_dim)
     return out, probs.view(batch, num_heads, q_len, -1)
 
@@ -107,7 +109,9 @@ class VariantAttention(nn.Module):
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, grouped_eager_attention)
         dropout = getattr(self, self._attn_dropout).p if (self._attn_dropout and self.training) else 0.0
         extra = {"upcast": self.upcast} if attention is grouped_eager_attention else {}
-        out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **extra, **kwargs)
+        out, weights = attention(
+            self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **extra, **kwargs
+        )
 
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * head_dim)
         out = getattr(self, self._out_name)(out)

@@ -35,7 +35,9 @@ def resolve_num_kv_heads(attn_variant: str | None, num_key_value_heads: int | No
     if attn_variant is None:
         if num_key_value_heads is None:
             raise ValueError(f"give attn_variant (one of {list(ATTN_VARIANTS)}) or num_key_value_heads")
-        attn_variant = variant_name(num_heads, num_key_value_heads) if _divides(num_key_value_heads, num_heads) else "gqa"
+        attn_variant = (
+            variant_name(num_heads, num_key_value_heads) if _divides(num_key_value_heads, num_heads) else "gqa"
+        )
     if not isinstance(attn_variant, str) or attn_variant.lower() not in ATTN_VARIANTS:
         raise ValueError(f"attn_variant={attn_variant!r} is not one of {list(ATTN_VARIANTS)}")
     attn_variant = attn_variant.lower()

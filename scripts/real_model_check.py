@@ -75,13 +75,13 @@ def main():
                 "num_key_value_heads": model.config.num_key_value_heads,
                 "max_abs_logit_diff": (out.logits - reference).abs().max().item(),
                 "perplexity": perplexity(model, ids, args.chunk),
-                "kv_bytes_per_token": sum(l.keys.nbytes + l.values.nbytes for l in out.cache.layers)
+                "kv_bytes_per_token": sum(layer.keys.nbytes + layer.values.nbytes for layer in out.cache.layers)
                 // args.chunk,
                 "answer": tokenizer.decode(generated[0, question["input_ids"].shape[1] :], skip_special_tokens=True),
             }
         )
     print(f"SmolLM2-135M-Instruct, {ids.shape[1]} tokens of pydoc_data.topics prose, fp32 cache")
-    print(f"| variant | K/V heads | max abs logit diff | perplexity | KV bytes/token | answer |")
+    print("| variant | K/V heads | max abs logit diff | perplexity | KV bytes/token | answer |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(

@@ -26,12 +26,31 @@ ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
 def tiny_config(family: str, num_key_value_heads: int | None = None, **overrides):
     config_class, extra = TINY[family]
     if config_class is transformers.GPT2Config:
-        values = dict(n_embd=64, n_layer=2, n_head=HEADS, n_positions=64, vocab_size=VOCAB, bos_token_id=1,
-                      eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        values = dict(
+            n_embd=64,
+            n_layer=2,
+            n_head=HEADS,
+            n_positions=64,
+            vocab_size=VOCAB,
+            bos_token_id=1,
+            eos_token_id=2,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+        )
     else:
-        values = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=HEADS,
-                      vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1, eos_token_id=2,
-                      pad_token_id=0, tie_word_embeddings=False)
+        values = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=HEADS,
+            vocab_size=VOCAB,
+            max_position_embeddings=64,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            tie_word_embeddings=False,
+        )
     values.update(extra)
     if num_key_value_heads is not None:
         values["num_key_value_heads"] = num_key_value_heads

@@ -50,7 +50,9 @@ def test_from_pretrained_converts_like_convert(saved, variant, count, input_ids,
 
 def test_from_pretrained_passes_transformers_kwargs(saved):
     _, src, _ = saved
-    model = hav.AutoModelForCausalLM.from_pretrained(src, attn_variant="mqa", dtype=torch.bfloat16, attn_implementation="sdpa")
+    model = hav.AutoModelForCausalLM.from_pretrained(
+        src, attn_variant="mqa", dtype=torch.bfloat16, attn_implementation="sdpa"
+    )
     assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
 
 
@@ -95,9 +97,18 @@ def test_num_key_value_heads_alone_names_the_variant():
     "kwargs, message",
     [
         (dict(attn_variant="mla"), "attn_variant='mla' is not one of ['mha', 'gqa', 'mqa']"),
-        (dict(attn_variant="gqa"), "attn_variant='gqa' needs num_key_value_heads; valid choices for 8 query heads: [2, 4]"),
-        (dict(attn_variant="gqa", num_key_value_heads=3), "num_key_value_heads=3 does not divide num_attention_heads=8"),
-        (dict(attn_variant="gqa", num_key_value_heads=16), "num_key_value_heads=16 is not between 1 and num_attention_heads=8"),
+        (
+            dict(attn_variant="gqa"),
+            "attn_variant='gqa' needs num_key_value_heads; valid choices for 8 query heads: [2, 4]",
+        ),
+        (
+            dict(attn_variant="gqa", num_key_value_heads=3),
+            "num_key_value_heads=3 does not divide num_attention_heads=8",
+        ),
+        (
+            dict(attn_variant="gqa", num_key_value_heads=16),
+            "num_key_value_heads=16 is not between 1 and num_attention_heads=8",
+        ),
         (dict(attn_variant="gqa", num_key_value_heads=8), "makes MHA, not GQA"),
         (dict(attn_variant="mqa", num_key_value_heads=2), "attn_variant='mqa' means num_key_value_heads=1"),
         (dict(attn_variant="mqa", kv_init="median"), "kv_init='median' is not one of ['mean', 'first', 'random']"),
@@ -118,7 +129,9 @@ def test_bad_variant_requests_raise_before_loading_weights(saved, kwargs, messag
 
 def test_unsupported_family_lists_the_supported_ones(tmp_path):
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    with pytest.raises(ValueError, match=r"model_type 'bert' is not supported by hf_attn_variants; supported: \[.*'llama'"):
+    with pytest.raises(
+        ValueError, match=r"model_type 'bert' is not supported by hf_attn_variants; supported: \[.*'llama'"
+    ):
         hav.AttnVariantConfig.from_base(config, "mqa")
     with pytest.raises(ValueError, match="'bert' is not supported"):
         hav.convert(transformers.BertModel(config), "mqa")

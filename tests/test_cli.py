@@ -20,7 +20,11 @@ from .conftest import tiny_model
 
 
 def digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture
@@ -47,13 +51,43 @@ def test_convert_writes_a_checkpoint_that_plain_transformers_loads(src, tmp_path
 
 
 def test_convert_dtype_and_kv_init(src, tmp_path):
-    assert run("convert", src, tmp_path / "out", "--variant", "mqa", "--kv-init", "random", "--seed", "1", "--dtype", "bfloat16") == 0
+    assert (
+        run(
+            "convert",
+            src,
+            tmp_path / "out",
+            "--variant",
+            "mqa",
+            "--kv-init",
+            "random",
+            "--seed",
+            "1",
+            "--dtype",
+            "bfloat16",
+        )
+        == 0
+    )
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert model.dtype == torch.bfloat16 and model.config.num_key_value_heads == 1
 
 
 def test_kv_cache_table_and_json(src, capsys):
-    assert run("kv-cache", src, "--variants", "mha,gqa:4,gqa:2,mqa", "--seq-len", "1000", "--batch", "3", "--dtype", "float16", "--json") == 0
+    assert (
+        run(
+            "kv-cache",
+            src,
+            "--variants",
+            "mha,gqa:4,gqa:2,mqa",
+            "--seq-len",
+            "1000",
+            "--batch",
+            "3",
+            "--dtype",
+            "float16",
+            "--json",
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     per_token = [row["bytes_per_token"] for row in report["variants"]]
     assert per_token == [kv_cache_bytes_per_token(2, g, 8, 2) for g in (8, 4, 2, 1)]
@@ -90,7 +124,9 @@ def test_bad_arguments_exit_2_and_write_nothing(src, tmp_path, capsys, argv, mes
 
 
 def test_unsupported_family_exits_2(tmp_path, capsys):
-    bert = transformers.BertModel(transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32))
+    bert = transformers.BertModel(
+        transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    )
     bert.save_pretrained(tmp_path / "bert")
     assert run("convert", tmp_path / "bert", tmp_path / "out", "--variant", "mqa") == 2
     assert "model_type 'bert' is not supported by hf_attn_variants; supported: [" in capsys.readouterr().err

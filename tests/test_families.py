@@ -176,7 +176,14 @@ def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(famil
     assert model.config.model_type == family
     save_file({"input_ids": input_ids, "logits": logits(model, input_ids)}, str(tmp_path / "expected.safetensors"))
     run = subprocess.run(
-        [sys.executable, "-c", RELOAD_WITHOUT_PLUGIN, str(tmp_path / "model"), str(tmp_path / "expected.safetensors"), "1"],
+        [
+            sys.executable,
+            "-c",
+            RELOAD_WITHOUT_PLUGIN,
+            str(tmp_path / "model"),
+            str(tmp_path / "expected.safetensors"),
+            "1",
+        ],
         capture_output=True,
         text=True,
     )
@@ -196,7 +203,11 @@ def test_gpt2_variant_round_trips_through_plain_transformers(variant, count, inp
 
 
 def test_gpt2_scaling_options_are_kept(input_ids):
-    for options in ({"scale_attn_by_inverse_layer_idx": True}, {"reorder_and_upcast_attn": True}, {"scale_attn_weights": False}):
+    for options in (
+        {"scale_attn_by_inverse_layer_idx": True},
+        {"reorder_and_upcast_attn": True},
+        {"scale_attn_weights": False},
+    ):
         source = tiny_model("gpt2", **options)
         pooled = hav.convert(source, "gqa", 2)
         roundtrip = hav.convert(pooled, "mha")

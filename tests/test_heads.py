@@ -84,7 +84,10 @@ def test_dtype_is_preserved():
 @pytest.mark.parametrize(
     "args, message",
     [
-        ((labelled(4), 8, 4, 3), "num_key_value_heads=3 must divide num_attention_heads=8; valid choices: [1, 2, 4, 8]"),
+        (
+            (labelled(4), 8, 4, 3),
+            "num_key_value_heads=3 must divide num_attention_heads=8; valid choices: [1, 2, 4, 8]",
+        ),
         ((labelled(3), 8, 3, 1), "num_key_value_heads=3 must divide"),
         ((labelled(4)[:7], 8, 4, 2), "cannot split 7 rows into 4 K/V heads"),
         ((labelled(4), 8, 4, 2, "median"), "kv_init='median' is not one of ['mean', 'first', 'random']"),

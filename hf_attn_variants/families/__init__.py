@@ -3,7 +3,7 @@
 from .base import FamilyAdapter, NativeFamily, PluginFamily
 from .gpt2 import GPT2
 from .native import NATIVE_FAMILIES
-from .registry import families, family_for, register_family, supported_model_types
+from .registry import families, families_table, family_for, register_family, supported_model_types
 
 for _family in (*NATIVE_FAMILIES, GPT2):
     register_family(_family)
@@ -13,6 +13,7 @@ __all__ = [
     "NativeFamily",
     "PluginFamily",
     "families",
+    "families_table",
     "family_for",
     "register_family",
     "supported_model_types",

@@ -25,7 +25,7 @@ class GPT2Family(PluginFamily):
 GPT2 = GPT2Family(
     "gpt2",
     ("gpt2",),
-    notes="fused Conv1D c_attn [q|k|v]; learned positions; scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn",
+    notes="learned positions; scale_attn_by_inverse_layer_idx and reorder_and_upcast_attn kept",
     fused_qkv="attn.c_attn",
     out_proj="c_proj",
     attn_dropout="attn_dropout",

@@ -35,10 +35,13 @@ def register_family(family: FamilyAdapter) -> FamilyAdapter:
         raise ValueError(f"family {family.name!r} covers no model_type")
     taken = [t for t in family.model_types if t in _BY_MODEL_TYPE]
     if taken:
-        raise ValueError(f"family {family.name!r}: model_type {taken} already belongs to {_BY_MODEL_TYPE[taken[0]].name!r}")
+        raise ValueError(
+            f"family {family.name!r}: model_type {taken} already belongs to {_BY_MODEL_TYPE[taken[0]].name!r}"
+        )
     if isinstance(family, PluginFamily):
         missing = [
-            f for f in ("fused_qkv", "out_proj", "attention_class", "config_class", "model_classes", "attention_scaling")
+            f
+            for f in ("fused_qkv", "out_proj", "attention_class", "config_class", "model_classes", "attention_scaling")
             if not getattr(family, f)
         ]
         if missing:
@@ -73,6 +76,20 @@ def family_for(config) -> FamilyAdapter:
             f"model_type {model_type!r} is not supported by hf_attn_variants; supported: {supported_model_types()}"
         )
     return family
+
+
+def families_table() -> str:
+    """The README's table of supported families, as Markdown, generated from the registry."""
+    lines = ["| family | model_type | saved as | q/k/v projections | notes |", "|---|---|---|---|---|"]
+    for family in families():
+        if family.native:
+            saved, layout = "native (own model_type, fewer K/V heads)", "separate"
+        else:
+            saved = f"plugin config `{family.variant_model_type}` (MHA: plain `{family.model_types[0]}`)"
+            layout = f"fused `{family.fused_qkv}` (q, k, v blocks)" + (", Conv1D" if family.conv1d else "")
+        types = ", ".join(f"`{t}`" for t in family.model_types)
+        lines.append(f"| {family.name} | {types} | {saved} | {layout} | {family.notes} |")
+    return "\n".join(lines)
 
 
 def variant_config_class(family: PluginFamily) -> type:
