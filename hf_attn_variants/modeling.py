@@ -148,5 +148,6 @@ def make_variant_model_class(family, base_class: type, config_class: type) -> ty
             "__module__": __name__,
             "config_class": config_class,
             "_attn_variant_base": base_class,
+            "_supports_flex_attn": True,  # VariantAttention dispatches every kernel through ALL_ATTENTION_FUNCTIONS
         },
     )

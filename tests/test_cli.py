@@ -50,6 +50,17 @@ def test_convert_writes_a_checkpoint_that_plain_transformers_loads(src, tmp_path
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
 
 
+def test_convert_writes_a_model_card(tmp_path):
+    from huggingface_hub import ModelCard
+
+    tiny_model("gpt2").save_pretrained(tmp_path / "gpt2")
+    assert run("convert", tmp_path / "gpt2", tmp_path / "out", "--variant", "gqa", "--num-kv-heads", "2") == 0
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert {"hf_attn_variants", "gqa", "gpt2"} <= set(card.data.tags) and card.data.library_name == "transformers"
+    assert "| K/V heads | 8 | 2 |" in card.text and "import hf_attn_variants" in card.text
+    assert "mean pooling" in card.text and "quality drops until the model is uptrained" in card.text
+
+
 def test_convert_dtype_and_kv_init(src, tmp_path):
     assert (
         run(

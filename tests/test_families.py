@@ -223,3 +223,14 @@ def test_base_model_and_sequence_classifier_convert(input_ids):
     assert type(converted).__name__ == "GPT2AttnVariantModel"
     llama = transformers.AutoModelForSequenceClassification.from_config(tiny_config("llama", num_labels=3))
     assert hav.convert(llama, "mqa").config.num_key_value_heads == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_flex_attention_agrees_with_eager(family, input_ids):
+    eager = hav.convert(tiny_model(family, "eager"), "gqa", 2)
+    flex = hav.convert(tiny_model(family, "eager"), "gqa", 2)
+    flex.set_attn_implementation("flex_attention")
+    assert flex.config._attn_implementation == "flex_attention"
+    torch.testing.assert_close(logits(flex, input_ids), logits(eager, input_ids), rtol=0, atol=1e-5)
+    kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(flex.generate(input_ids, **kwargs), eager.generate(input_ids, **kwargs))

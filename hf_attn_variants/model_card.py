@@ -1,0 +1,61 @@
+"""Model cards for converted checkpoints, rendered with huggingface_hub's ModelCard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from .families import family_for
+from .heads import kv_cache_bytes_per_token
+from .variants import variant_label
+
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"
+
+_KV_INIT_NOTES = {
+    "mean": "mean pooling of the K/V heads of each group (Ainslie et al. 2023)",
+    "first": "the K/V head of each group's first query head",
+    "random": "fresh random K/V projections",
+}
+
+
+def render_model_card(model, source: str, source_kv_heads: int, kv_init: str, uptraining: str = "none") -> ModelCard:
+    """The card of ``model``, converted from ``source`` (which had ``source_kv_heads`` K/V heads)."""
+    config = model.config
+    family = family_for(config)
+    heads, kv_heads = family.num_heads(config), family.num_kv_heads(config)
+    layers, head_dim = family.num_layers(config), family.head_dim(config)
+    source_bytes = kv_cache_bytes_per_token(layers, source_kv_heads, head_dim, 2)
+    kv_bytes = kv_cache_bytes_per_token(layers, kv_heads, head_dim, 2)
+    variant = variant_label(heads, kv_heads)
+    expanded = kv_heads >= source_kv_heads
+    import_line = (
+        "" if family.native or kv_heads == heads else "import hf_attn_variants  # registers the variant config\n"
+    )
+    card_data = ModelCardData(
+        library_name="transformers",
+        base_model=source if "/" in source and not Path(source).exists() else None,
+        tags=["hf_attn_variants", variant.split("-")[0].lower(), family.name],
+        pipeline_tag="text-generation",
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=f"{source.split(' (')[0]} — {variant}",
+        source=f"`{source}`",
+        variant=variant,
+        source_variant=variant_label(heads, source_kv_heads),
+        num_heads=heads,
+        num_key_value_heads=kv_heads,
+        source_kv_heads=source_kv_heads,
+        source_kv_bytes=source_bytes,
+        kv_bytes=kv_bytes,
+        kv_ratio=f"{kv_bytes / source_bytes:.3f}",
+        kv_init="exact copy" if expanded else kv_init,
+        kv_init_note="" if expanded else _KV_INIT_NOTES[kv_init],
+        uptraining=uptraining,
+        loading=f"{import_line}import transformers\nmodel = transformers.AutoModelForCausalLM.from_pretrained(PATH)",
+        warning=""
+        if expanded or uptraining != "none"
+        else "pooled K/V heads change the model's function; quality drops until the model is uptrained.",
+    )
