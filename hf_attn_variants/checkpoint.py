@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .auto import AutoModelForCausalLM
+from .auto import AttnVariantForCausalLM
 from .configuration import AttnVariantConfig
 from .default_model import resolve_source, source_name
 from .families import family_for
@@ -46,32 +46,23 @@ def convert_checkpoint(
     name = source_name(src, gguf_file)
     src, gguf_file = resolve_source(src, gguf_file)
     out = check_output_dir(src, out, overwrite)
-    hub = {"gguf_file": gguf_file} if gguf_file else {"use_safetensors": True}
+    located = {"gguf_file": gguf_file} if gguf_file else {}
     request = AttnVariantConfig.from_pretrained(
-        src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **hub_config_kwargs(hub)
+        src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **located
     )
-    model = AutoModelForCausalLM.from_pretrained(
-        src,
-        config=request.base(),
-        attn_variant=request.attn_variant,
-        num_key_value_heads=request.num_key_value_heads,
-        kv_init=kv_init,
-        kv_init_seed=seed,
-        dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-        **hub,
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    model = AttnVariantForCausalLM.from_pretrained(
+        src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
     )
     tokenizer = _load_tokenizer(src, gguf_file)
-    card = render_model_card(model, name, family_for(request.base()).num_kv_heads(request.base()), kv_init)
+    base = request.base()
+    card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         card.save(tmp / "README.md")
     return out
-
-
-def hub_config_kwargs(hub: dict) -> dict:
-    return {k: v for k, v in hub.items() if k != "use_safetensors"}
 
 
 def _load_tokenizer(src, gguf_file):

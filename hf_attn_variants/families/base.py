@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -33,7 +34,7 @@ class FamilyAdapter:
     model_types: tuple[str, ...]
     notes: str = ""
 
-    native: bool = field(init=False, default=True)
+    native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
     # -- head counts read off a config ------------------------------------------------------------------
     def num_heads(self, config) -> int:
@@ -142,8 +143,9 @@ class PluginFamily(FamilyAdapter):
     attention_scaling: object = None  # (config, layer_idx) -> float
     upcast_flag: str | None = None  # the config field that asks eager attention to compute in float32
 
+    native: ClassVar[bool] = False
+
     def __post_init__(self):
-        object.__setattr__(self, "native", False)
         object.__setattr__(self, "_qkv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
 
     @property
