@@ -13,9 +13,9 @@ How query heads share K/V heads (H query heads, G K/V heads, H/G query heads per
 
 Query head ``i`` uses K/V head ``i // (H / G)``: the order of transformers' ``repeat_kv``. Regrouping
 from G_src to G_dst K/V heads therefore makes K/V head ``j`` of the result from the source heads that
-the query heads of group ``j`` used. When every query head of a group used the same source head (always
-the case when G_dst is a multiple of G_src) the result is an exact copy of that head; otherwise the
-``kv_init`` method decides how they are combined.
+the query heads of group ``j`` used. When every query head of a group used the same source head (the case
+whenever G_dst is a multiple of G_src: expansion, identity) the result is an exact copy of that head;
+otherwise the ``kv_init`` method decides how they are combined.
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def regroup_kv_heads(
     # mean: anchor + mean of the differences to the anchor, so that equal heads give back the same bits
     members = heads[groups]  # (dst_kv, H/dst_kv, head_dim, *rest)
     anchor = members[:, :1]
-    pooled = anchor + (members - anchor).float().mean(dim=1, keepdim=True).to(rows.dtype)
+    accumulate = torch.promote_types(rows.dtype, torch.float32)  # half precisions average in float32
+    pooled = anchor + (members - anchor).to(accumulate).mean(dim=1, keepdim=True).to(rows.dtype)
     return pooled.reshape(dst_kv_heads * head_dim, *rest)
 
 
