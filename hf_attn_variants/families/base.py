@@ -63,6 +63,12 @@ class FamilyAdapter:
 
     # -- the converted model --------------------------------------------------------------------------
     def target_config(self, config, dst_kv):
+        """The config of ``config``'s model with ``dst_kv`` K/V heads (same attention implementation)."""
+        target = self._target_config(config, dst_kv)
+        target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
+        return target
+
+    def _target_config(self, config, dst_kv):
         raise NotImplementedError
 
     def target_class(self, model_class: type, dst_kv: int, config) -> type:
@@ -108,10 +114,9 @@ class NativeFamily(FamilyAdapter):
     def kv_weight_count(self, config) -> int:
         return len(self.kv_projections) * self.num_layers(config)
 
-    def target_config(self, config, dst_kv):
+    def _target_config(self, config, dst_kv):
         target = config.__class__.from_dict(self.config_values(config))
         target.num_key_value_heads = dst_kv
-        target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
         return target
 
     def target_class(self, model_class, dst_kv, config):
@@ -169,18 +174,15 @@ class PluginFamily(FamilyAdapter):
     def kv_weight_count(self, config) -> int:
         return self.num_layers(config)
 
-    def target_config(self, config, dst_kv):
+    def _target_config(self, config, dst_kv):
         from .registry import variant_config_class
 
         values = self.config_values(config)
         values.pop("model_type", None)
         if dst_kv == self.num_heads(config):  # MHA is the family's own model: no plugin needed to load it
             values.pop("num_key_value_heads", None)
-            target = self.config_class.from_dict(values)
-        else:
-            target = variant_config_class(self).from_dict({**values, "num_key_value_heads": dst_kv})
-        target._attn_implementation_internal = getattr(config, "_attn_implementation_internal", None)
-        return target
+            return self.config_class.from_dict(values)
+        return variant_config_class(self).from_dict({**values, "num_key_value_heads": dst_kv})
 
     def target_class(self, model_class, dst_kv, config):
         from .registry import variant_model_classes
