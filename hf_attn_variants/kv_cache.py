@@ -20,6 +20,16 @@ def dtype_bytes(dtype: str | torch.dtype) -> int:
     return getattr(torch, dtype).itemsize
 
 
+def cached_tokens_per_layer(config, num_layers: int, seq_len: int) -> list[int]:
+    """Tokens each layer's cache holds after ``seq_len`` tokens: sliding-window layers keep only the last
+    ``sliding_window - 1`` (as transformers' caches do between steps), the others keep all."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = (
+        getattr(config, "layer_types", None) or ["sliding_attention" if window else "full_attention"] * num_layers
+    )
+    return [min(seq_len, window - 1) if kind == "sliding_attention" and window else seq_len for kind in layer_types]
+
+
 def kv_cache_plan(
     config,
     variants: list[tuple[str, int | None]],
@@ -28,6 +38,9 @@ def kv_cache_plan(
     dtype: str | torch.dtype = "float32",
 ) -> list[dict]:
     """One row per variant: K/V heads, KV-cache bytes per token, total bytes, and the ratio to MHA.
+
+    ``bytes_per_token`` is what each token adds while every layer still holds it; ``total_bytes`` counts
+    what the cache holds for ``seq_len`` tokens, sliding-window layers capped at their window.
 
     Args:
         config: the model's config (any supported family, plugin variant configs included).
@@ -41,6 +54,7 @@ def kv_cache_plan(
     heads, layers, head_dim = family.num_heads(config), family.num_layers(config), family.head_dim(config)
     element = dtype_bytes(dtype)
     mha_per_token = kv_cache_bytes_per_token(layers, heads, head_dim, element)
+    held_tokens = sum(cached_tokens_per_layer(config, layers, seq_len))  # token-layers held, over all layers
     rows = []
     for attn_variant, count in variants:
         kv_heads = resolve_num_kv_heads(attn_variant, count, heads)
@@ -50,7 +64,7 @@ def kv_cache_plan(
                 "variant": variant_label(heads, kv_heads),
                 "num_key_value_heads": kv_heads,
                 "bytes_per_token": per_token,
-                "total_bytes": per_token * seq_len * batch,
+                "total_bytes": per_token * held_tokens // layers * batch,
                 "fraction_of_mha": per_token / mha_per_token,
                 "source": kv_heads == family.num_kv_heads(config),
             }

@@ -234,3 +234,12 @@ def test_flex_attention_agrees_with_eager(family, input_ids):
     torch.testing.assert_close(logits(flex, input_ids), logits(eager, input_ids), rtol=0, atol=1e-5)
     kwargs = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
     assert torch.equal(flex.generate(input_ids, **kwargs), eager.generate(input_ids, **kwargs))
+
+
+@pytest.mark.parametrize("window", [4, 20])
+def test_plan_counts_what_a_sliding_window_cache_holds(window, input_ids):
+    model = hav.convert(tiny_model("mistral", sliding_window=window), "mqa")
+    with torch.no_grad():
+        out = model(input_ids, use_cache=True)
+    plan = hav.kv_cache_plan(model.config, [("mqa", None)], seq_len=input_ids.shape[1], batch=input_ids.shape[0])
+    assert cache_bytes(out.cache) == plan[0]["total_bytes"]
