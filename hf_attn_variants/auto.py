@@ -56,22 +56,28 @@ def _variant_request(config, pretrained_model_name_or_path, variant_kwargs, kwar
     return AttnVariantConfig.from_pretrained(pretrained_model_name_or_path, **variant_kwargs, **hub_kwargs)
 
 
+def _pop_variant_kwargs(kwargs: dict) -> dict | None:
+    """The variant keyword arguments taken out of ``kwargs``, or ``None`` when no variant is asked for."""
+    variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
+    if variant_kwargs.get("attn_variant") is None and variant_kwargs.get("num_key_value_heads") is None:
+        if variant_kwargs:
+            raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
+        return None
+    return variant_kwargs
+
+
 def _make_auto_class(base: type, builder: type) -> type:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
-        if variant_kwargs.get("attn_variant") is None and variant_kwargs.get("num_key_value_heads") is None:
-            if variant_kwargs:
-                raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
+        variant_kwargs = _pop_variant_kwargs(kwargs)
+        if variant_kwargs is None:
             return base.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
         request = _variant_request(kwargs.pop("config", None), pretrained_model_name_or_path, variant_kwargs, kwargs)
         return builder.from_pretrained(pretrained_model_name_or_path, *model_args, config=request, **kwargs)
 
     def from_config(cls, config, **kwargs):
-        variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
-        if variant_kwargs.get("attn_variant") is not None or variant_kwargs.get("num_key_value_heads") is not None:
+        variant_kwargs = _pop_variant_kwargs(kwargs)
+        if variant_kwargs is not None:
             config = AttnVariantConfig.from_base(config, **variant_kwargs)
-        elif variant_kwargs:
-            raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
         return base.from_config.__func__(cls, config, **kwargs)
 
     doc = (
