@@ -75,9 +75,8 @@ def regroup_kv_heads(
     groups = source_heads_per_group(num_heads, src_kv_heads, dst_kv_heads)  # (dst_kv, H/dst_kv)
     heads = rows.reshape(src_kv_heads, head_dim, *rest)  # (src_kv, head_dim, *rest)
 
-    if bool((groups == groups[:, :1]).all()):  # every group reads one source head: copy it
-        return heads[groups[:, 0]].reshape(dst_kv_heads * head_dim, *rest)
-    if method == "first":
+    exact = bool((groups == groups[:, :1]).all())  # every group reads one source head: copy it
+    if exact or method == "first":
         return heads[groups[:, 0]].reshape(dst_kv_heads * head_dim, *rest)
     if method == "random":
         std = rows.float().std() if rows.numel() > 1 else torch.tensor(0.0)
