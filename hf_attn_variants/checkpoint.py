@@ -33,8 +33,8 @@ def convert_checkpoint(
 ) -> Path:
     """Write ``src`` (folder, hub id, GGUF file, or ``smollm2``) in ``attn_variant`` to the folder ``out``.
 
-    Everything is checked before any weight is read; the model and its tokenizer are written to a
-    temporary folder beside ``out`` that replaces ``out`` only once complete. Only safetensors (and GGUF)
+    Everything is checked before any weight is read; the model, its tokenizer and a model card are
+    written to a temporary folder beside ``out`` that replaces ``out`` only once complete. Only safetensors (and GGUF)
     weights are read; pickled checkpoints are refused by transformers' ``use_safetensors=True``.
 
     Raises:
@@ -54,7 +54,7 @@ def convert_checkpoint(
     model = AttnVariantForCausalLM.from_pretrained(
         src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
     )
-    tokenizer = _load_tokenizer(src, gguf_file)
+    tokenizer = _load_tokenizer(src, located)
     base = request.base()
     card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
     with atomic_output_dir(out) as tmp:
@@ -65,11 +65,11 @@ def convert_checkpoint(
     return out
 
 
-def _load_tokenizer(src, gguf_file):
+def _load_tokenizer(src, located: dict):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(src, **({"gguf_file": gguf_file} if gguf_file else {}))
+        return AutoTokenizer.from_pretrained(src, **located)
     except (OSError, ValueError, KeyError) as err:  # a weights-only folder: the checkpoint is still complete
         logger.warning("no tokenizer saved: %s", err)
         return None

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .checkpoint import DTYPES, convert_checkpoint
 from .heads import KV_INIT_METHODS
 from .kv_cache import CACHE_DTYPES
 from .variants import ATTN_VARIANTS
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--kv-init", choices=KV_INIT_METHODS, default="mean")
     convert.add_argument("--seed", type=int, default=0, help="seed of --kv-init random")
     convert.add_argument("--gguf-file", help="the GGUF file inside SRC")
-    convert.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto")
+    convert.add_argument("--dtype", choices=DTYPES, default="auto")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
 
     plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone")
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args) -> int:
-    from .checkpoint import convert_checkpoint
-
     out = convert_checkpoint(
         args.src,
         args.out,
