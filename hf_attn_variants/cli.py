@@ -2,6 +2,7 @@
 
     hf-attn-variants convert SRC OUT --variant gqa --num-kv-heads 4 [--kv-init mean|first|random] [--gguf-file F]
     hf-attn-variants kv-cache SRC --variants mha,gqa:4,mqa --seq-len 4096 --batch 8 [--dtype bfloat16] [--json]
+    hf-attn-variants train --attn_variant mqa --output_dir OUT [...]   (the options of scripts/finetune.py)
 
 SRC is a local folder, a hub id, or ``smollm2`` (SmolLM2-135M-Instruct from its registry package).
 Bad input exits with status 2 and a message naming the bad value and the valid choices.
@@ -42,14 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--dtype", choices=CACHE_DTYPES, default="bfloat16")
     plan.add_argument("--gguf-file", help="the GGUF file inside SRC")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    train = commands.add_parser(
+        "train", add_help=False, help="uptrain or fine-tune a variant (train --help lists the options)"
+    )
+    train.add_argument("options", nargs=argparse.REMAINDER)  # main() hands them to the training parser
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = argparse.Namespace(command="train", options=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     try:
-        return {"convert": _convert, "kv-cache": _kv_cache}[args.command](args)
+        return {"convert": _convert, "kv-cache": _kv_cache, "train": _train}[args.command](args)
     except (ValueError, OSError) as err:  # FileExistsError and missing files are OSErrors
         print(f"hf-attn-variants {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -68,6 +75,15 @@ def _convert(args) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def _train(args) -> int:
+    from .training import parser, run
+
+    parsed = parser()
+    parsed.prog = "hf-attn-variants train"
+    run(*parsed.parse_args_into_dataclasses(args=args.options))
     return 0
 
 

@@ -43,6 +43,31 @@ def convert_state_dict(
     return converted
 
 
+def _quant_method(model) -> str | None:
+    quantizer = getattr(model, "hf_quantizer", None)
+    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
+    return None if quantizer is None else str(getattr(method, "value", method))
+
+
+def _check_not_quantized(model) -> None:
+    method = _quant_method(model)
+    if method not in (None, "gguf"):  # GGUF weights load dequantized
+        raise ValueError(f"a model quantized with {method} cannot be converted; load it in a floating-point dtype")
+
+
+def drop_gguf_record(model: PreTrainedModel) -> PreTrainedModel:
+    """``model`` without the GGUF quantizer record transformers leaves on it; its weights are already dense.
+
+    Trainer refuses to train a model that looks quantized, so a GGUF-loaded model is trained through this.
+    """
+    if _quant_method(model) == "gguf":
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    return model
+
+
 def convert(
     model: PreTrainedModel,
     attn_variant: str | None,
@@ -63,10 +88,7 @@ def convert(
     Raises:
         ValueError: unsupported family, bad variant or head count, quantized model.
     """
-    quantizer = getattr(model, "hf_quantizer", None)
-    method = getattr(getattr(quantizer, "quantization_config", None), "quant_method", None)
-    if quantizer is not None and str(getattr(method, "value", method)) != "gguf":  # GGUF weights load dequantized
-        raise ValueError(f"a model quantized with {method} cannot be converted; load it in a floating-point dtype")
+    _check_not_quantized(model)
     config = model.config
     family = family_for(config)
     family.check_config(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .families import family_for
 from .heads import kv_cache_bytes_per_token
@@ -19,8 +19,20 @@ _KV_INIT_NOTES = {
 }
 
 
-def render_model_card(model, source: str, source_kv_heads: int, kv_init: str, uptraining: str = "none") -> ModelCard:
-    """The card of ``model``, converted from ``source`` (which had ``source_kv_heads`` K/V heads)."""
+def render_model_card(
+    model,
+    source: str,
+    source_kv_heads: int,
+    kv_init: str,
+    uptraining: str = "none",
+    metrics: dict[str, float] | None = None,
+    dataset: str = "held-out text",
+) -> ModelCard:
+    """The card of ``model``, converted from ``source`` (which had ``source_kv_heads`` K/V heads).
+
+    ``metrics`` (name -> value, e.g. ``{"perplexity": 21.3}``) measured on ``dataset`` become the
+    card's model-index eval results and a table in its body.
+    """
     config = model.config
     family = family_for(config)
     heads, kv_heads = family.num_heads(config), family.num_kv_heads(config)
@@ -32,7 +44,11 @@ def render_model_card(model, source: str, source_kv_heads: int, kv_init: str, up
     import_line = (
         "" if family.native or kv_heads == heads else "import hf_attn_variants  # registers the variant config\n"
     )
+    model_name = f"{source.split(' (')[0]} — {variant}"
+    metrics = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
     card_data = ModelCardData(
+        model_name=model_name,
+        eval_results=[_eval_result(name, value, dataset) for name, value in metrics.items()] or None,
         library_name="transformers",
         base_model=source if "/" in source and not Path(source).exists() else None,
         tags=["hf_attn_variants", variant.split("-")[0].lower(), family.name],
@@ -41,7 +57,9 @@ def render_model_card(model, source: str, source_kv_heads: int, kv_init: str, up
     return ModelCard.from_template(
         card_data,
         template_path=str(TEMPLATE),
-        model_name=f"{source.split(' (')[0]} — {variant}",
+        model_name=model_name,
+        metrics=metrics,
+        dataset=dataset,
         source=f"`{source}`",
         variant=variant,
         source_variant=variant_label(heads, source_kv_heads),
@@ -58,4 +76,16 @@ def render_model_card(model, source: str, source_kv_heads: int, kv_init: str, up
         warning=""
         if expanded or uptraining != "none"
         else "pooled K/V heads change the model's function; quality drops until the model is uptrained.",
+    )
+
+
+def _eval_result(name: str, value: float, dataset: str) -> EvalResult:
+    metric_type = "accuracy" if "accuracy" in name else "perplexity"
+    return EvalResult(
+        task_type="text-generation",
+        dataset_type=dataset,
+        dataset_name=dataset,
+        metric_type=metric_type,
+        metric_name=name,
+        metric_value=round(value, 4),
     )

@@ -86,3 +86,38 @@ def cache_bytes(cache) -> int:
 @pytest.fixture
 def input_ids():
     return torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+
+
+def char_tokenizer():
+    """An offline character-level tokenizer (printable ASCII plus pad/bos/eos/unk), built in memory."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    chars = sorted(set(string.printable) - set("\x0b\x0c\r"))
+    backend = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def save_tiny_checkpoint(folder, family: str, seed: int = 0, **config_kwargs):
+    """A tiny random model of ``family`` with the character tokenizer, saved (safetensors) to ``folder``."""
+    tokenizer = char_tokenizer()
+    model = tiny_model(family, seed=seed, vocab_size=len(tokenizer), **config_kwargs)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_text(tmp_path):
+    """A small English text file (Python's own help topics), enough for a few dozen training blocks."""
+    import pydoc_data.topics
+
+    topics = pydoc_data.topics.topics
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(topics[k] for k in sorted(topics))[:60_000])
+    return path

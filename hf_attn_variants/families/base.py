@@ -61,6 +61,31 @@ class FamilyAdapter:
         """How many weight tensors (biases aside) of a whole model ``convert_tensor`` changes."""
         raise NotImplementedError
 
+    # -- training -------------------------------------------------------------------------------------
+    def projections(self, parts: str) -> tuple[str, ...]:
+        """Module names (relative to a decoder layer) of the attention projections ``parts`` (letters of 'qkvo').
+
+        Raises:
+            ValueError: ``parts`` names no projection, or splits projections the family fuses.
+        """
+        raise NotImplementedError
+
+    @property
+    def lora_target_modules(self) -> tuple[str, ...]:
+        """PEFT's default LoRA targets for this family's variants: every attention projection."""
+        return self.projections("qkvo")
+
+    @property
+    def lora_fan_in_fan_out(self) -> bool:
+        """Whether LoRA must transpose (GPT-2's ``Conv1D`` stores weights ``(in, out)``)."""
+        return False
+
+    @staticmethod
+    def _check_parts(parts: str) -> str:
+        if not parts or set(parts) - set("qkvo"):
+            raise ValueError(f"projections {parts!r}: give letters of 'qkvo' (e.g. 'kv' or 'qkvo')")
+        return parts
+
     # -- the converted model --------------------------------------------------------------------------
     def target_config(self, config, dst_kv):
         """The config of ``config``'s model with ``dst_kv`` K/V heads (same attention implementation)."""
@@ -101,6 +126,8 @@ class NativeFamily(FamilyAdapter):
     """A family with separate q/k/v/o projections and ``num_key_value_heads`` in its own config."""
 
     kv_projections: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
+    q_projection: str = "self_attn.q_proj"
+    o_projection: str = "self_attn.o_proj"
 
     def __post_init__(self):
         parts = "|".join(re.escape(p) for p in self.kv_projections)
@@ -113,6 +140,11 @@ class NativeFamily(FamilyAdapter):
 
     def kv_weight_count(self, config) -> int:
         return len(self.kv_projections) * self.num_layers(config)
+
+    def projections(self, parts):
+        k, v = self.kv_projections
+        names = {"q": self.q_projection, "k": k, "v": v, "o": self.o_projection}
+        return tuple(dict.fromkeys(names[p] for p in self._check_parts(parts)))
 
     def _target_config(self, config, dst_kv):
         target = config.__class__.from_dict(self.config_values(config))
@@ -173,6 +205,22 @@ class PluginFamily(FamilyAdapter):
 
     def kv_weight_count(self, config) -> int:
         return self.num_layers(config)
+
+    def projections(self, parts):
+        parts = self._check_parts(parts)
+        qkv = set(parts) & set("qkv")
+        if qkv and qkv != set("qkv"):
+            raise ValueError(
+                f"{self.name} fuses q, k and v in one projection ({self.fused_qkv}), so {''.join(sorted(qkv))!r} "
+                "cannot be trained alone; choose 'qkvo' or 'all'"
+            )
+        attention = self.fused_qkv.rpartition(".")[0]
+        names = ([self.fused_qkv] if qkv else []) + ([f"{attention}.{self.out_proj}"] if "o" in parts else [])
+        return tuple(names)
+
+    @property
+    def lora_fan_in_fan_out(self) -> bool:
+        return self.conv1d
 
     def _target_config(self, config, dst_kv):
         from .registry import variant_config_class

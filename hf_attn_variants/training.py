@@ -1,0 +1,411 @@
+"""Uptraining and fine-tuning variant models with transformers' Trainer (so accelerate, DDP and FSDP work).
+
+The recipe of the GQA paper: convert, then train briefly. This module converts on load, packs a text
+dataset into blocks, trains all weights, only the attention projections, or a LoRA adapter (PEFT), with
+the LM loss or distillation from the unconverted source, and saves the model (or adapter), its tokenizer,
+a model card and the held-out perplexity before and after. ``scripts/finetune.py`` and
+``hf-attn-variants train`` are thin front ends over :func:`main`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from .checkpoint import DTYPES
+from .convert import convert, drop_gguf_record
+from .data import DEFAULT_DATASET, load_texts, pack, split_blocks
+from .default_model import resolve_source, source_name
+from .families import family_for
+from .variants import ATTN_VARIANTS, check_kv_init, resolve_num_kv_heads
+
+TRAIN_MODULES = ("all", "kv", "qkvo")
+RESULTS_FILE = "uptrain_results.json"
+
+
+@dataclass
+class ModelArguments:
+    """The model to start from, the variant to convert it to on load, and LoRA."""
+
+    model_name_or_path: str = field(default="smollm2", metadata={"help": "folder, hub id, or 'smollm2'"})
+    gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path"})
+    attn_variant: str | None = field(default=None, metadata={"help": f"one of {ATTN_VARIANTS}; none = keep"})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "K/V heads (required for gqa)"})
+    kv_init: str = field(default="mean", metadata={"help": "how fewer K/V heads are made: mean, first, random"})
+    kv_init_seed: int = 0
+    dtype: str = field(default="float32", metadata={"help": f"weights dtype, one of {DTYPES}"})
+    attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, ..."})
+    use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of the weights"})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = field(
+        default=None, metadata={"help": "module names; default: every attention projection of the family"}
+    )
+
+
+@dataclass
+class DataArguments:
+    """The text: a datasets hub id, local files, or (neither) the prose of ``pydoc_data.topics``."""
+
+    dataset_name: str | None = field(default=None, metadata={"help": "datasets hub id"})
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    data_files: list[str] | None = field(default=None, metadata={"help": "local .txt, .jsonl, .json or .parquet"})
+    text_column: str = "text"
+    block_size: int = field(default=256, metadata={"help": "tokens per training sequence"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "share of the blocks held out (the last ones)"})
+    max_eval_blocks: int | None = None
+
+
+@dataclass
+class UptrainArguments:
+    """What is trained, for how long, and against which loss."""
+
+    train_modules: str = field(
+        default="all", metadata={"help": "all | kv (K/V projections) | qkvo (all attention projections)"}
+    )
+    uptrain_fraction: float | None = field(
+        default=None, metadata={"help": "token budget as a share of pretrain_tokens (the GQA paper used 0.05)"}
+    )
+    pretrain_tokens: float | None = field(default=None, metadata={"help": "pre-training tokens of the source"})
+    distill: bool = field(default=False, metadata={"help": "distil from a teacher (default: the unconverted source)"})
+    teacher: str | None = field(default=None, metadata={"help": "teacher folder or hub id; default: the source"})
+    distill_temperature: float = 2.0
+    distill_alpha: float = field(default=0.5, metadata={"help": "weight of the KL term; 1 - alpha weighs the LM loss"})
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose training loss mixes the LM loss with KL(teacher || student) on temperature-softened logits.
+
+    The teacher is frozen, kept out of the model (never saved, never optimised) and run without gradients.
+    Evaluation reports the plain LM loss, so ``exp(eval_loss)`` stays a perplexity.
+    """
+
+    def __init__(self, *args, teacher, temperature: float = 2.0, alpha: float = 0.5, **kwargs):
+        super().__init__(*args, **kwargs)
+        if temperature <= 0 or not 0 <= alpha <= 1:
+            raise ValueError(f"distillation needs temperature > 0 (got {temperature}) and 0 <= alpha <= 1 ({alpha})")
+        self.teacher = teacher.to(self.args.device).eval().requires_grad_(False)
+        self.temperature, self.alpha = temperature, alpha
+        self._parts = {"lm_loss": [], "kl_loss": []}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        lm_loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        if not model.training:
+            return (lm_loss, outputs) if return_outputs else lm_loss
+        with torch.no_grad():
+            teacher_logits = self.teacher(input_ids=inputs["input_ids"]).logits
+        kl = self._kl(outputs.logits, teacher_logits, inputs["labels"], num_items_in_batch)
+        loss = self.alpha * kl + (1 - self.alpha) * lm_loss
+        self._parts["lm_loss"].append(lm_loss.detach().float())
+        self._parts["kl_loss"].append(kl.detach().float())
+        return (loss, outputs) if return_outputs else loss
+
+    def _kl(self, student_logits, teacher_logits, labels, num_items_in_batch):
+        """KL on the positions the LM loss scores, normalised the way the LM loss is (per token)."""
+        mask = labels[:, 1:] != -100  # (batch, seq - 1): position t predicts token t + 1
+        t = self.temperature
+        student = F.log_softmax(student_logits[:, :-1][mask].float() / t, dim=-1)
+        teacher = F.log_softmax(teacher_logits[:, :-1][mask].float() / t, dim=-1)
+        kl_sum = F.kl_div(student, teacher, log_target=True, reduction="sum") * t * t
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            return kl_sum / mask.sum().clamp(min=1)
+        kl = kl_sum / num_items_in_batch  # the LM loss is a sum over the accumulated batch's tokens, likewise
+        if self.args.average_tokens_across_devices:
+            kl = kl * self.accelerator.num_processes
+        return kl
+
+    def log(self, logs, *args, **kwargs):
+        for name, values in self._parts.items():
+            if values and "loss" in logs:
+                logs[name] = round(torch.stack(values).mean().item(), 4)
+                values.clear()
+        super().log(logs, *args, **kwargs)
+
+
+def freeze_for_uptraining(model, train_modules: str) -> list[str]:
+    """Make only ``train_modules`` (``all``, ``kv``, ``qkvo``) trainable; the names of the trainable parameters.
+
+    Raises:
+        ValueError: an unknown choice, or ``kv`` on a family that fuses q, k and v.
+    """
+    if train_modules not in TRAIN_MODULES:
+        raise ValueError(f"train_modules {train_modules!r} is not one of {list(TRAIN_MODULES)}")
+    suffixes = () if train_modules == "all" else family_for(model.config).projections(train_modules)
+    trainable = []
+    for name, param in model.named_parameters():
+        module = name.rpartition(".")[0]
+        keep = train_modules == "all" or any(module == s or module.endswith("." + s) for s in suffixes)
+        param.requires_grad_(keep)
+        if keep:
+            trainable.append(name)
+    if not trainable:
+        raise ValueError(f"no parameter of {type(model).__name__} matches train_modules={train_modules!r}")
+    return trainable
+
+
+def budget_steps(uptrain_fraction: float, pretrain_tokens: float, tokens_per_step: int) -> int:
+    """Optimizer steps that train ``uptrain_fraction`` of ``pretrain_tokens`` at ``tokens_per_step``."""
+    if not 0 < uptrain_fraction <= 1 or pretrain_tokens <= 0:
+        raise ValueError(
+            f"uptrain_fraction {uptrain_fraction} must lie in (0, 1] and pretrain_tokens {pretrain_tokens} be > 0"
+        )
+    return max(1, math.ceil(uptrain_fraction * pretrain_tokens / tokens_per_step))
+
+
+def check_arguments(model_args: ModelArguments, uptrain_args: UptrainArguments, training_args: TrainingArguments):
+    """Refuse bad choices before anything is loaded; each error names the value and the valid choices."""
+    if model_args.attn_variant is not None and model_args.attn_variant not in ATTN_VARIANTS:
+        raise ValueError(f"attn_variant {model_args.attn_variant!r} is not one of {list(ATTN_VARIANTS)}")
+    check_kv_init(model_args.kv_init)
+    if model_args.dtype not in DTYPES:
+        raise ValueError(f"dtype {model_args.dtype!r} is not one of {list(DTYPES)}")
+    if uptrain_args.train_modules not in TRAIN_MODULES:
+        raise ValueError(f"train_modules {uptrain_args.train_modules!r} is not one of {list(TRAIN_MODULES)}")
+    if model_args.use_peft and uptrain_args.train_modules != "all":
+        raise ValueError("with --use_peft the LoRA targets say what is trained; leave --train_modules at 'all'")
+    if (uptrain_args.uptrain_fraction is None) != (uptrain_args.pretrain_tokens is None):
+        raise ValueError("give --uptrain_fraction and --pretrain_tokens together (the budget is their product)")
+    if uptrain_args.uptrain_fraction is not None and training_args.max_steps > 0:
+        raise ValueError("give either --max_steps or --uptrain_fraction/--pretrain_tokens, not both")
+    if uptrain_args.teacher and not uptrain_args.distill:
+        raise ValueError("--teacher is only used with --distill")
+
+
+def _torch_dtype(name: str):
+    return name if name == "auto" else getattr(torch, name)
+
+
+def load_source(model_args: ModelArguments):
+    """``(source model, tokenizer, display name)``; only safetensors or GGUF weights are read."""
+    name = source_name(model_args.model_name_or_path, model_args.gguf_file)
+    src, gguf_file = resolve_source(model_args.model_name_or_path, model_args.gguf_file)
+    located = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(src, **located)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = dict(located or {"use_safetensors": True}, dtype=_torch_dtype(model_args.dtype))
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    source = drop_gguf_record(transformers.AutoModelForCausalLM.from_pretrained(src, **kwargs))
+    return source, tokenizer, name
+
+
+def build_student(source, model_args: ModelArguments, keep_source: bool):
+    """The model to train: ``source`` converted to the requested variant (``source`` itself if none).
+
+    With ``keep_source`` (the source is the distillation teacher) the student owns copies of its tensors,
+    since a conversion shares every unchanged tensor with its source.
+    """
+    base = copy.deepcopy(source) if keep_source else source
+    if model_args.attn_variant is None and model_args.num_key_value_heads is None:
+        return base
+    return convert(
+        base, model_args.attn_variant, model_args.num_key_value_heads, model_args.kv_init, model_args.kv_init_seed
+    )
+
+
+def _last_checkpoint(output_dir: str) -> str | None:
+    if not os.path.isdir(output_dir):
+        return None
+    return transformers.trainer_utils.get_last_checkpoint(output_dir)
+
+
+def _resume_from(training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from: an explicit path, ``last``/``true`` for the newest in output_dir, or none.
+
+    Raises:
+        FileExistsError: output_dir already holds checkpoints and resuming was not asked for (nothing is lost).
+    """
+    asked = training_args.resume_from_checkpoint
+    last = _last_checkpoint(training_args.output_dir)
+    if asked in (None, "", "false", "False"):
+        if last is not None:
+            raise FileExistsError(
+                f"output_dir {training_args.output_dir!r} holds checkpoints ({Path(last).name}); pass "
+                "--resume_from_checkpoint last to continue that run, or choose another output_dir"
+            )
+        return None
+    if str(asked).lower() in ("last", "true"):
+        return last  # None: a fresh start (nothing to resume yet), so an interrupted first run can be rerun as is
+    if not os.path.isdir(asked):
+        raise FileNotFoundError(f"resume_from_checkpoint {asked!r} is not a folder")
+    return asked
+
+
+def _eval_perplexity(trainer: Trainer, prefix: str) -> dict:
+    metrics = trainer.evaluate(metric_key_prefix=prefix)
+    metrics[f"{prefix}_perplexity"] = math.exp(min(metrics[f"{prefix}_loss"], 50.0))
+    trainer.log_metrics(prefix, metrics)
+    return metrics
+
+
+def _ranks_seen(trainer: Trainer) -> list[int]:
+    """The process ranks that took part, gathered through the accelerator (proves a multi-process run)."""
+    rank = torch.tensor([trainer.args.process_index], device=trainer.args.device)
+    return sorted(int(r) for r in trainer.accelerator.gather(rank).tolist())
+
+
+def describe_uptraining(model_args, uptrain_args, steps: int, tokens: int, seconds: float) -> str:
+    """One line for model cards: what was trained, how long, with which loss."""
+    what = (
+        f"LoRA r={model_args.lora_r}"
+        if model_args.use_peft
+        else {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}[
+            uptrain_args.train_modules
+        ]
+    )
+    loss = (
+        f"distillation from the source (alpha {uptrain_args.distill_alpha}, T {uptrain_args.distill_temperature})"
+        if uptrain_args.distill
+        else "LM loss"
+    )
+    return f"{steps} steps, {tokens:,} tokens, {what}, {loss}, {seconds:.0f} s"
+
+
+def run(model_args, data_args, uptrain_args, training_args) -> dict:
+    """Convert, train and evaluate; save model (or adapter), tokenizer, card and results in output_dir."""
+    check_arguments(model_args, uptrain_args, training_args)
+    resume = _resume_from(training_args)
+    transformers.set_seed(training_args.seed)
+    source, tokenizer, source_display = load_source(model_args)
+    family = family_for(source.config)
+    if model_args.attn_variant or model_args.num_key_value_heads:
+        resolve_num_kv_heads(model_args.attn_variant, model_args.num_key_value_heads, family.num_heads(source.config))
+    source_kv_heads = family.num_kv_heads(source.config)
+
+    with training_args.main_process_first(desc="tokenize and pack"):
+        texts = load_texts(
+            data_args.dataset_name,
+            data_args.dataset_config,
+            data_args.dataset_split,
+            data_args.data_files,
+            data_args.text_column,
+        )
+        train_blocks, eval_blocks = split_blocks(
+            pack(texts, tokenizer, data_args.block_size), data_args.eval_fraction, data_args.max_eval_blocks
+        )
+
+    teacher = None
+    if uptrain_args.distill:
+        teacher = (
+            source
+            if uptrain_args.teacher is None
+            else load_source(ModelArguments(model_name_or_path=uptrain_args.teacher, dtype=model_args.dtype))[0]
+        )
+    model = build_student(source, model_args, keep_source=teacher is source)
+    del source
+    if model_args.use_peft:
+        from peft import get_peft_model
+
+        from .lora import lora_config
+
+        model = get_peft_model(
+            model,
+            lora_config(
+                model,
+                r=model_args.lora_r,
+                lora_alpha=model_args.lora_alpha,
+                lora_dropout=model_args.lora_dropout,
+                target_modules=model_args.lora_target_modules,
+            ),
+        )
+    else:
+        freeze_for_uptraining(model, uptrain_args.train_modules)
+
+    tokens_per_step = (
+        data_args.block_size
+        * training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    if uptrain_args.uptrain_fraction is not None:
+        training_args.max_steps = budget_steps(
+            uptrain_args.uptrain_fraction, uptrain_args.pretrain_tokens, tokens_per_step
+        )
+
+    trainer_class, extra = Trainer, {}
+    if teacher is not None:
+        trainer_class = DistillationTrainer
+        extra = dict(teacher=teacher, temperature=uptrain_args.distill_temperature, alpha=uptrain_args.distill_alpha)
+    trainer = trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=transformers.default_data_collator,
+        processing_class=tokenizer,
+        **extra,
+    )
+    results = {}
+    if resume is None:
+        results.update(_eval_perplexity(trainer, "eval_start"))
+    train_output = trainer.train(resume_from_checkpoint=resume)
+    results.update(train_output.metrics)
+    results.update(_eval_perplexity(trainer, "eval_end"))
+    steps = trainer.state.global_step
+    results.update(
+        steps=steps,
+        tokens=steps * tokens_per_step,
+        tokens_per_step=tokens_per_step,
+        train_blocks=len(train_blocks),
+        eval_blocks=len(eval_blocks),
+        block_size=data_args.block_size,
+        world_size=training_args.world_size,
+        ranks=_ranks_seen(trainer),
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        source=source_display,
+        dataset=", ".join(data_args.data_files or []) or data_args.dataset_name or DEFAULT_DATASET,
+        source_num_key_value_heads=source_kv_heads,
+        log_history=trainer.state.log_history,
+        arguments={"model": asdict(model_args), "data": asdict(data_args), "uptrain": asdict(uptrain_args)},
+    )
+    if trainer.is_world_process_zero():
+        _save(trainer, tokenizer, model_args, uptrain_args, results)
+    return results
+
+
+def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
+    from .model_card import render_model_card
+
+    output_dir = Path(trainer.args.output_dir)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(output_dir)
+    model = trainer.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    results["uptraining"] = describe_uptraining(
+        model_args, uptrain_args, results["steps"], results["tokens"], results.get("train_runtime", 0.0)
+    )
+    card = render_model_card(
+        base,
+        results["source"],
+        results["source_num_key_value_heads"],
+        model_args.kv_init,
+        uptraining=results["uptraining"] + (" (this folder holds the LoRA adapter)" if model_args.use_peft else ""),
+        metrics={
+            "perplexity before uptraining": results.get("eval_start_perplexity"),
+            "perplexity": results["eval_end_perplexity"],
+        },
+        dataset=f"held-out blocks of {results['dataset']}",
+    )
+    card.save(output_dir / "README.md")
+    (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
+
+
+def parser() -> HfArgumentParser:
+    return HfArgumentParser((ModelArguments, DataArguments, UptrainArguments, TrainingArguments))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse ``argv`` (default ``sys.argv[1:]``) and :func:`run`."""
+    return run(*parser().parse_args_into_dataclasses(args=argv))

@@ -1,0 +1,256 @@
+"""Uptraining and fine-tuning: what is trained changes and nothing else does, distillation, LoRA, resume, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from safetensors.torch import load_file
+
+import hf_attn_variants as hav
+from hf_attn_variants import cli
+from hf_attn_variants.training import (
+    RESULTS_FILE,
+    budget_steps,
+    check_arguments,
+    freeze_for_uptraining,
+    main,
+    parser,
+)
+
+from .conftest import save_tiny_checkpoint, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny Llama (GQA-4 of 8 heads) and a GPT-2, with a character tokenizer, and a text file."""
+    import pydoc_data.topics
+
+    root = tmp_path_factory.mktemp("training")
+    save_tiny_checkpoint(root / "llama", "llama", max_position_embeddings=128)
+    save_tiny_checkpoint(root / "gpt2", "gpt2", n_positions=128)
+    topics = pydoc_data.topics.topics
+    (root / "corpus.txt").write_text("\n\n".join(topics[k] for k in sorted(topics))[:40_000])
+    return root
+
+
+def train_args(ws, out, *extra, model="llama"):
+    return [
+        "--model_name_or_path", str(ws / model),
+        "--data_files", str(ws / "corpus.txt"),
+        "--block_size", "32",
+        "--max_eval_blocks", "16",
+        "--output_dir", str(out),
+        "--per_device_train_batch_size", "4",
+        "--learning_rate", "3e-3",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--use_cpu",
+        "--disable_tqdm", "true",
+        *extra,
+    ]  # fmt: skip
+
+
+def weights(folder) -> dict:
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_freeze_kv_leaves_only_the_kv_projections_trainable():
+    model = tiny_model("llama")
+    trainable = freeze_for_uptraining(model, "kv")
+    assert trainable and all(".self_attn.k_proj." in n or ".self_attn.v_proj." in n for n in trainable)
+    assert len(trainable) == 2 * model.config.num_hidden_layers
+    qkvo = freeze_for_uptraining(model, "qkvo")
+    assert {n.split(".")[-2] for n in qkvo} == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert len(freeze_for_uptraining(model, "all")) == len(list(model.parameters()))
+
+
+def test_freeze_refuses_what_cannot_be_trained_alone():
+    gpt2 = hav.convert(tiny_model("gpt2"), "gqa", 2)
+    with pytest.raises(ValueError, match=r"gpt2 fuses q, k and v .*attn.c_attn.*'qkvo' or 'all'"):
+        freeze_for_uptraining(gpt2, "kv")
+    assert {n.rsplit(".", 2)[-2] for n in freeze_for_uptraining(gpt2, "qkvo")} == {"c_attn", "c_proj"}
+    with pytest.raises(ValueError, match=r"train_modules 'mlp' is not one of \['all', 'kv', 'qkvo'\]"):
+        freeze_for_uptraining(gpt2, "mlp")
+
+
+def test_token_budget_in_steps():
+    assert budget_steps(0.05, 2_000_000, tokens_per_step=1000) == 100
+    assert budget_steps(0.05, 2_000_001, tokens_per_step=1000) == 101  # rounds up: at least the budget
+    with pytest.raises(ValueError, match="uptrain_fraction 0"):
+        budget_steps(0, 1e9, 1000)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--attn_variant", "xqa"], r"attn_variant 'xqa' is not one of \['mha', 'gqa', 'mqa'\]"),
+        (["--kv_init", "median"], "median"),
+        (["--dtype", "int8"], r"dtype 'int8' is not one of"),
+        (["--train_modules", "mlp"], r"train_modules 'mlp' is not one of"),
+        (["--use_peft", "--train_modules", "kv"], "LoRA targets say what is trained"),
+        (["--uptrain_fraction", "0.05"], "together"),
+        (["--uptrain_fraction", "0.05", "--pretrain_tokens", "1e9", "--max_steps", "3"], "not both"),
+        (["--teacher", "x"], "only used with --distill"),
+    ],
+)
+def test_bad_arguments_are_refused_before_loading(tmp_path, argv, message):
+    model_args, _, uptrain_args, training_args = parser().parse_args_into_dataclasses(
+        args=argv + ["--output_dir", str(tmp_path / "out")]
+    )
+    with pytest.raises(ValueError, match=message):
+        check_arguments(model_args, uptrain_args, training_args)
+
+
+def test_cli_train_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli.main(["train", *train_args(workspace, out, "--attn_variant", "gqa", "--num_key_value_heads", "3")]) == 2
+    assert "3" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_kv_uptraining_changes_exactly_the_trainable_weights(workspace, tmp_path):
+    out = tmp_path / "mqa-kv"
+    results = main(train_args(workspace, out, "--attn_variant", "mqa", "--train_modules", "kv", "--max_steps", "4"))
+    start = hav.convert(transformers.AutoModelForCausalLM.from_pretrained(workspace / "llama"), "mqa").state_dict()
+    trained = weights(out)
+    assert transformers.AutoConfig.from_pretrained(out).num_key_value_heads == 1
+    for name, tensor in start.items():
+        if name not in trained:  # tied or non-persistent
+            continue
+        changed = not torch.equal(trained[name], tensor)
+        assert changed == (".k_proj." in name or ".v_proj." in name), name
+    assert results["steps"] == 4 and results["tokens"] == 4 * 4 * 32
+    assert results["trainable_parameters"] == sum(
+        t.numel() for n, t in start.items() if ".k_proj." in n or ".v_proj." in n
+    )
+    saved = json.loads((out / RESULTS_FILE).read_text())
+    assert saved["eval_end_perplexity"] == pytest.approx(results["eval_end_perplexity"])
+    card = (out / "README.md").read_text()
+    assert "MQA" in card and "4 steps" in card and "K/V projections" in card and "perplexity" in card
+
+
+def test_full_uptraining_lowers_held_out_perplexity(workspace, tmp_path):
+    results = main(train_args(workspace, tmp_path / "out", "--attn_variant", "gqa", "--num_key_value_heads", "2",
+                              "--max_steps", "30"))  # fmt: skip
+    assert results["eval_end_perplexity"] < 0.8 * results["eval_start_perplexity"]
+
+
+def test_distillation_loss_falls_and_teacher_is_not_saved(workspace, tmp_path):
+    out = tmp_path / "distil"
+    results = main(train_args(workspace, out, "--attn_variant", "mqa", "--distill", "--distill_alpha", "1.0",
+                              "--max_steps", "25", "--kv_init", "first"))  # fmt: skip
+    kl = [e["kl_loss"] for e in _history(out) if "kl_loss" in e]
+    assert len(kl) == 25 and all(torch.isfinite(torch.tensor(kl)))
+    assert sum(kl[-5:]) / 5 < 0.7 * sum(kl[:5]) / 5, kl
+    assert "distillation" in results["uptraining"]
+    assert not any("teacher" in k for k in weights(out))
+
+
+def _history(out):
+    return json.loads((out / RESULTS_FILE).read_text())["log_history"]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lora_adapter_saves_reloads_and_merges(workspace, tmp_path, family):
+    from peft import PeftModel
+
+    out = tmp_path / f"lora-{family}"
+    main(train_args(workspace, out, "--attn_variant", "gqa", "--num_key_value_heads", "2", "--use_peft",
+                    "--lora_r", "4", "--max_steps", "3", model=family))  # fmt: skip
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    base = hav.AutoModelForCausalLM.from_pretrained(workspace / family, attn_variant="gqa", num_key_value_heads=2)
+    lora = PeftModel.from_pretrained(base, out).eval()
+    adapted = [n for n, _ in lora.named_modules() if n.endswith("lora_A")]
+    assert adapted, "no LoRA layers were loaded"
+    ids = torch.randint(4, 90, (2, 12))
+    with torch.no_grad():
+        unmerged = lora(ids).logits
+        lora_b = [p for n, p in lora.named_parameters() if "lora_B" in n]
+        assert any(p.abs().max() > 0 for p in lora_b), "the adapter did not train"
+        merged = lora.merge_and_unload()(ids).logits
+    torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_default_lora_targets_for_plugin_model_types():
+    from peft import get_peft_model
+
+    from hf_attn_variants.lora import lora_config, register_peft_defaults
+
+    gpt2 = hav.convert(tiny_model("gpt2"), "mqa")
+    config = lora_config(gpt2, r=2)
+    assert set(config.target_modules) == {"attn.c_attn", "attn.c_proj"} and config.fan_in_fan_out
+    register_peft_defaults()
+    from peft import LoraConfig
+
+    peft_model = get_peft_model(gpt2, LoraConfig(r=2, task_type="CAUSAL_LM"))  # PEFT's own defaults by model_type
+    assert any(n.endswith("attn.c_attn.lora_A") for n, _ in peft_model.named_modules())
+
+
+class _Interrupt(transformers.TrainerCallback):
+    def __init__(self, at_step):
+        self.at_step = at_step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.at_step:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_resumes_to_the_same_result(workspace, tmp_path, monkeypatch):
+    common = ["--attn_variant", "mqa", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2",
+              "--seed", "7"]  # fmt: skip
+    straight = main(train_args(workspace, tmp_path / "a", *common))
+
+    out = tmp_path / "b"
+    real_init = transformers.Trainer.__init__
+
+    def interrupting_init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        self.add_callback(_Interrupt(at_step=4))
+
+    monkeypatch.setattr(transformers.Trainer, "__init__", interrupting_init)
+    with pytest.raises(KeyboardInterrupt):
+        main(train_args(workspace, out, *common))
+    monkeypatch.undo()
+    assert (out / "checkpoint-4").is_dir() and not (out / "model.safetensors").exists()
+    with pytest.raises(FileExistsError, match="--resume_from_checkpoint last"):
+        main(train_args(workspace, out, *common))  # holding checkpoints, a run must be asked to resume
+    resumed = main(train_args(workspace, out, *common, "--resume_from_checkpoint", "last"))
+    assert resumed["steps"] == 6 and "eval_start_loss" not in resumed  # it did resume, not restart
+
+    def curve(results):
+        return [(e["step"], e["loss"]) for e in results["log_history"] if "loss" in e]
+
+    assert [s for s, _ in curve(resumed)] == list(range(1, 7))
+    torch.testing.assert_close(torch.tensor(curve(resumed)), torch.tensor(curve(straight)), atol=1e-4, rtol=1e-4)
+    assert resumed["eval_end_loss"] == pytest.approx(straight["eval_end_loss"], rel=1e-4)
+    a, b = weights(tmp_path / "a"), weights(out)
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_two_processes_under_accelerate_launch(workspace, tmp_path):
+    """`accelerate launch` with the shipped CPU config runs two ranks (not one, as --cpu would: accelerate#2741)."""
+    out = tmp_path / "ddp"
+    config = ROOT / "hf_attn_variants" / "accelerate_configs" / "cpu_2proc.yaml"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+               "--main_process_port", "29517", str(ROOT / "scripts" / "finetune.py"),
+               *train_args(workspace, out, "--attn_variant", "gqa", "--num_key_value_heads", "2", "--max_steps", "3",
+                           "--save_strategy", "steps", "--save_steps", "3")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / RESULTS_FILE).read_text())
+    assert results["world_size"] == 2 and results["ranks"] == [0, 1]
+    assert results["tokens"] == 3 * 4 * 32 * 2
+    assert torch.isfinite(torch.tensor(results["train_loss"]))
+    assert (out / "checkpoint-3").is_dir()
+    model = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.num_key_value_heads == 2
