@@ -273,6 +273,56 @@ def describe_uptraining(model_args, uptrain_args, steps: int, tokens: int, secon
     return f"{steps} steps, {tokens:,} tokens, {what}, {loss}, {seconds:.0f} s"
 
 
+def load_blocks(data_args: DataArguments, tokenizer):
+    """``(train, held_out)`` token blocks of the text ``data_args`` names."""
+    texts = load_texts(
+        data_args.dataset_name,
+        data_args.dataset_config,
+        data_args.dataset_split,
+        data_args.data_files,
+        data_args.text_column,
+    )
+    return split_blocks(
+        pack(texts, tokenizer, data_args.block_size), data_args.eval_fraction, data_args.max_eval_blocks
+    )
+
+
+def prepare_for_training(model, model_args: ModelArguments, uptrain_args: UptrainArguments):
+    """``model`` with a LoRA adapter (``use_peft``) or with only ``train_modules`` trainable."""
+    if not model_args.use_peft:
+        freeze_for_uptraining(model, uptrain_args.train_modules)
+        return model
+    from peft import get_peft_model
+
+    from .lora import lora_config
+
+    config = lora_config(
+        model,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+    )
+    return get_peft_model(model, config)
+
+
+def make_trainer(model, tokenizer, training_args, train_blocks, eval_blocks, uptrain_args, teacher=None) -> Trainer:
+    """A ``Trainer`` on packed blocks; a ``DistillationTrainer`` when there is a teacher."""
+    trainer_class, extra = Trainer, {}
+    if teacher is not None:
+        trainer_class = DistillationTrainer
+        extra = dict(teacher=teacher, temperature=uptrain_args.distill_temperature, alpha=uptrain_args.distill_alpha)
+    return trainer_class(
+        model=model,
+        args=training_args,
+        train_dataset=train_blocks,
+        eval_dataset=eval_blocks,
+        data_collator=transformers.default_data_collator,
+        processing_class=tokenizer,
+        **extra,
+    )
+
+
 def run(model_args, data_args, uptrain_args, training_args) -> dict:
     """Convert, train and evaluate; save model (or adapter), tokenizer, card and results in output_dir."""
     check_arguments(model_args, uptrain_args, training_args)
@@ -285,16 +335,7 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
     source_kv_heads = family.num_kv_heads(source.config)
 
     with training_args.main_process_first(desc="tokenize and pack"):
-        texts = load_texts(
-            data_args.dataset_name,
-            data_args.dataset_config,
-            data_args.dataset_split,
-            data_args.data_files,
-            data_args.text_column,
-        )
-        train_blocks, eval_blocks = split_blocks(
-            pack(texts, tokenizer, data_args.block_size), data_args.eval_fraction, data_args.max_eval_blocks
-        )
+        train_blocks, eval_blocks = load_blocks(data_args, tokenizer)
 
     teacher = None
     if uptrain_args.distill:
@@ -305,23 +346,7 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
         )
     model = build_student(source, model_args, keep_source=teacher is source)
     del source
-    if model_args.use_peft:
-        from peft import get_peft_model
-
-        from .lora import lora_config
-
-        model = get_peft_model(
-            model,
-            lora_config(
-                model,
-                r=model_args.lora_r,
-                lora_alpha=model_args.lora_alpha,
-                lora_dropout=model_args.lora_dropout,
-                target_modules=model_args.lora_target_modules,
-            ),
-        )
-    else:
-        freeze_for_uptraining(model, uptrain_args.train_modules)
+    model = prepare_for_training(model, model_args, uptrain_args)
 
     tokens_per_step = (
         data_args.block_size
@@ -334,19 +359,7 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
             uptrain_args.uptrain_fraction, uptrain_args.pretrain_tokens, tokens_per_step
         )
 
-    trainer_class, extra = Trainer, {}
-    if teacher is not None:
-        trainer_class = DistillationTrainer
-        extra = dict(teacher=teacher, temperature=uptrain_args.distill_temperature, alpha=uptrain_args.distill_alpha)
-    trainer = trainer_class(
-        model=model,
-        args=training_args,
-        train_dataset=train_blocks,
-        eval_dataset=eval_blocks,
-        data_collator=transformers.default_data_collator,
-        processing_class=tokenizer,
-        **extra,
-    )
+    trainer = make_trainer(model, tokenizer, training_args, train_blocks, eval_blocks, uptrain_args, teacher)
     results = {}
     if resume is None:
         results.update(_eval_perplexity(trainer, "eval_start"))
