@@ -3,6 +3,7 @@
     hf-attn-variants convert SRC OUT --variant gqa --num-kv-heads 4 [--kv-init mean|first|random] [--gguf-file F]
     hf-attn-variants kv-cache SRC --variants mha,gqa:4,mqa --seq-len 4096 --batch 8 [--dtype bfloat16] [--json]
     hf-attn-variants train --attn_variant mqa --output_dir OUT [...]   (the options of scripts/finetune.py)
+    hf-attn-variants tradeoff [SRC] --variants mha,gqa:3,mqa [--uptrain-steps N] [--dataset D | --data-files F]
 
 SRC is a local folder, a hub id, or ``smollm2`` (SmolLM2-135M-Instruct from its registry package).
 Bad input exits with status 2 and a message naming the bad value and the valid choices.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .checkpoint import DTYPES, convert_checkpoint
 from .heads import KV_INIT_METHODS
@@ -44,6 +46,36 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--gguf-file", help="the GGUF file inside SRC")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    trade = commands.add_parser("tradeoff", help="the trade-off table: latency, memory and quality per variant")
+    trade.add_argument("src", metavar="SRC", nargs="?", default="smollm2", help="default: smollm2")
+    trade.add_argument("--out", default="out/tradeoff", help="output folder (default out/tradeoff)")
+    trade.add_argument("--variants", help="e.g. mha,gqa:3,mqa (MHA is always measured: the baseline)")
+    trade.add_argument("--gguf-file", help="the GGUF file inside SRC")
+    trade.add_argument("--kv-init", choices=KV_INIT_METHODS, default="mean")
+    trade.add_argument("--dtype", choices=DTYPES, default="float32")
+    trade.add_argument("--uptrain-steps", type=int, default=0, help="uptrain every variant this many steps")
+    trade.add_argument("--learning-rate", type=float, default=3e-4)
+    trade.add_argument("--train-batch-size", type=int, default=2)
+    trade.add_argument("--distill", action="store_true", help="uptrain by distillation from the source")
+    trade.add_argument("--dataset", help="datasets hub id (default: pydoc_data.topics prose)")
+    trade.add_argument("--dataset-config")
+    trade.add_argument("--dataset-split", default="train")
+    trade.add_argument("--data-files", nargs="+", default=[], help="local .txt/.jsonl/.json/.parquet files")
+    trade.add_argument("--text-column", default="text")
+    trade.add_argument("--block-size", type=int, default=256, help="tokens per training and evaluation window")
+    trade.add_argument("--eval-blocks", type=int, default=16, help="held-out blocks scored")
+    trade.add_argument("--eval-stride", type=int, help="window stride for the metrics (default: block size)")
+    trade.add_argument("--batch", type=int, default=8, help="decode latency: sequences")
+    trade.add_argument("--context", type=int, default=2048, help="decode latency: cached tokens")
+    trade.add_argument("--prefill-tokens", type=int, default=256, help="prefill latency: prompt tokens")
+    trade.add_argument("--memory-context", type=int, default=8192, help="context of the KV-memory column")
+    trade.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    trade.add_argument("--lm-eval-tasks", nargs="+", default=[], help="lm-evaluation-harness tasks")
+    trade.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
+    trade.add_argument("--save-checkpoints", action="store_true", help="save every variant's weights too")
+    trade.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    trade.add_argument("--seed", type=int, default=0)
+
     train = commands.add_parser(
         "train", add_help=False, help="uptrain or fine-tune a variant (train --help lists the options)"
     )
@@ -56,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = argparse.Namespace(command="train", options=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     try:
-        return {"convert": _convert, "kv-cache": _kv_cache, "train": _train}[args.command](args)
+        commands = {"convert": _convert, "kv-cache": _kv_cache, "train": _train, "tradeoff": _tradeoff}
+        return commands[args.command](args)
     except (ValueError, OSError) as err:  # FileExistsError and missing files are OSErrors
         print(f"hf-attn-variants {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -75,6 +108,17 @@ def _convert(args) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote {out}")
+    return 0
+
+
+def _tradeoff(args) -> int:
+    from .tradeoff import FILES, TradeoffConfig, run_tradeoff
+
+    options = {k: v for k, v in vars(args).items() if k != "command"}
+    summary = run_tradeoff(TradeoffConfig(**options))
+    print((Path(args.out) / "tradeoff.md").read_text())
+    print(f"wrote {', '.join(str(Path(args.out) / f) for f in FILES)} and a model card per variant")
+    del summary
     return 0
 
 

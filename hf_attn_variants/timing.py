@@ -1,0 +1,87 @@
+"""Timing on noisy machines: candidates interleaved round-robin in one run, reported as ratios with spread.
+
+An absolute time on a shared 2-core machine means little; a ratio measured side by side does
+(../shared/BENCHMARKS.md). Each round times every candidate once, starting from a different one each
+round; the ratio of a candidate to the baseline is taken within each round, then summarised.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+
+def interleaved(
+    candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 2, desc: str = "timing"
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate, ``rounds`` times each, interleaved, after ``warmup`` untimed rounds."""
+    if rounds < 1:
+        raise ValueError(f"rounds {rounds} must be at least 1")
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    times = {name: [] for name in names}
+    for r in tqdm(range(rounds), desc=desc, leave=False):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # a different one goes first each round
+            start = time.perf_counter()
+            candidates[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Median and interquartile range."""
+    if len(values) < 2:
+        return {"median": values[0], "q1": values[0], "q3": values[0]}
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return {"median": statistics.median(values), "q1": q1, "q3": q3}
+
+
+def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Per-round ratio of each candidate's time to ``baseline``'s, summarised (median, IQR)."""
+    base = times[baseline]
+    return {name: summarize([t / b for t, b in zip(values, base, strict=True)]) for name, values in times.items()}
+
+
+def decode_step(model, batch: int, context: int) -> tuple[Callable[[], None], int]:
+    """A callable that runs one decode step of ``model`` at ``context`` cached tokens, and the cache's bytes.
+
+    The cache is a ``StaticCache`` filled with random keys and values (the time of a step does not depend
+    on their values, and prefilling a long context on a CPU takes minutes); each step appends one token
+    and rolls it back, so every call reads exactly ``context`` + 1 positions.
+    """
+    from transformers import StaticCache
+
+    cache = StaticCache(config=model.config, max_cache_len=context + 1)
+    token = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        model(input_ids=token, cache=cache, use_cache=True)  # allocates (batch, kv_heads, context + 1, head_dim)
+        for layer in cache.layers:
+            layer.keys.normal_()
+            layer.values.normal_()
+            layer.cumulative_length.fill_(context)  # as if `context` tokens had been prefilled
+
+    def step():
+        with torch.inference_mode():
+            model(input_ids=token, cache=cache, use_cache=True)
+        cache.crop(-1)
+
+    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    return step, nbytes
+
+
+def prefill(model, batch: int, tokens: int) -> Callable[[], None]:
+    """A callable that runs the prefill forward pass of ``tokens`` tokens for ``batch`` sequences."""
+    ids = torch.randint(0, model.config.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
+    ids = ids.to(model.device)
+
+    def run():
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=True, logits_to_keep=1)
+
+    return run

@@ -1,0 +1,393 @@
+"""The trade-off table: a model in MHA, GQA and MQA, measured for latency, memory and quality in one run.
+
+For each variant the source is converted (optionally uptrained briefly with the project's training code),
+then measured: perplexity and next-token accuracy on held-out text (the package's ``evaluate`` modules),
+KV-cache bytes per token (read off a real cache, next to the formula) and at a chosen context, weights
+bytes, prefill and decode-step latency as ratios to MHA (interleaved rounds in one process, median and
+IQR), and optionally lm-evaluation-harness tasks. It writes ``tradeoff.json``, ``tradeoff.md``,
+``tradeoff.png`` and one model card per variant (with the checkpoint if asked).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import timing
+from .convert import convert
+from .families import family_for
+from .io import atomic_output_dir, check_output_dir
+from .kv_cache import kv_cache_plan
+from .variants import (
+    check_kv_init,
+    gqa_choices,
+    parse_variant_list,
+    resolve_num_kv_heads,
+    variant_label,
+    variant_name,
+)
+
+FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
+
+
+@dataclass
+class TradeoffConfig:
+    """Everything one trade-off run depends on (recorded in its JSON)."""
+
+    src: str = "smollm2"
+    out: str = "out/tradeoff"
+    variants: str | None = None  # "mha,gqa:3,mqa"; default: MHA, the source's own GQA (if any), a middle GQA, MQA
+    gguf_file: str | None = None
+    kv_init: str = "mean"
+    dtype: str = "float32"
+    uptrain_steps: int = 0
+    learning_rate: float = 3e-4
+    train_batch_size: int = 2
+    distill: bool = False
+    dataset: str | None = None
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    data_files: list[str] = field(default_factory=list)
+    text_column: str = "text"
+    block_size: int = 256
+    eval_blocks: int = 16
+    eval_stride: int | None = None  # default: block_size (non-overlapping windows, as the training evaluation)
+    batch: int = 8  # decode latency shape
+    context: int = 2048
+    prefill_tokens: int = 256
+    memory_context: int = 8192  # context for the KV-cache memory column
+    rounds: int = 15
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int | None = None
+    save_checkpoints: bool = False
+    overwrite: bool = False
+    seed: int = 0
+
+
+def default_variants(num_heads: int, source_kv: int) -> list[tuple[str, int]]:
+    """MHA, the source's own layout, one GQA in between (when the head count allows), and MQA."""
+    kv = {num_heads, source_kv, 1}
+    middle = [g for g in gqa_choices(num_heads) if g not in kv]
+    if middle and len(kv) < 4:
+        kv.add(min(middle, key=lambda g: abs(g - math.sqrt(num_heads))))
+    return [("mha" if g == num_heads else "mqa" if g == 1 else "gqa", g) for g in sorted(kv, reverse=True)]
+
+
+def resolve_variants(text: str | None, num_heads: int, source_kv: int) -> list[tuple[str, int]]:
+    """``[(variant, kv_heads)]`` ordered from most to fewest K/V heads; MHA always included (the baseline)."""
+    if text is None:
+        return default_variants(num_heads, source_kv)
+    kv = {resolve_num_kv_heads(name, g, num_heads) for name, g in parse_variant_list(text)}
+    kv.add(num_heads)
+    return [("mha" if g == num_heads else "mqa" if g == 1 else "gqa", g) for g in sorted(kv, reverse=True)]
+
+
+def check_config(cfg: TradeoffConfig) -> None:
+    """Refuse bad values before anything is loaded."""
+    check_kv_init(cfg.kv_init)
+    for name in ("block_size", "eval_blocks", "batch", "context", "prefill_tokens", "memory_context", "rounds"):
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"{name} {getattr(cfg, name)} must be at least 1")
+    if cfg.uptrain_steps < 0:
+        raise ValueError(f"uptrain_steps {cfg.uptrain_steps} must be 0 or more")
+    if cfg.variants is not None:
+        parse_variant_list(cfg.variants)
+
+
+def run_tradeoff(cfg: TradeoffConfig) -> dict:
+    """Measure every variant of ``cfg.src``; write the JSON, Markdown table, plot and model cards into ``cfg.out``.
+
+    Everything is written to a temporary folder that replaces ``cfg.out`` only when the run is complete.
+    """
+    from .training import DataArguments, ModelArguments, load_blocks, load_source
+
+    check_config(cfg)
+    out = check_output_dir(cfg.src, cfg.out, cfg.overwrite)
+    torch.manual_seed(cfg.seed)
+    source, tokenizer, source_display = load_source(
+        ModelArguments(model_name_or_path=cfg.src, gguf_file=cfg.gguf_file, dtype=cfg.dtype)
+    )
+    source.eval()
+    family = family_for(source.config)
+    heads, source_kv = family.num_heads(source.config), family.num_kv_heads(source.config)
+    variants = resolve_variants(cfg.variants, heads, source_kv)
+    data_args = DataArguments(
+        dataset_name=cfg.dataset,
+        dataset_config=cfg.dataset_config,
+        dataset_split=cfg.dataset_split,
+        data_files=cfg.data_files or None,
+        text_column=cfg.text_column,
+        block_size=cfg.block_size,
+        max_eval_blocks=cfg.eval_blocks,
+    )
+    train_blocks, eval_blocks = load_blocks(data_args, tokenizer)
+    held_out = held_out_text(eval_blocks, tokenizer)
+
+    rows, models = [], {}
+    with atomic_output_dir(out) as tmp:
+        for name, kv in tqdm(variants, desc="variants"):
+            label = variant_label(heads, kv)
+            model = source if kv == source_kv and not cfg.uptrain_steps else convert_copy(source, name, kv, cfg)
+            row = {"variant": label, "attn_variant": name, "num_key_value_heads": kv, "source": kv == source_kv}
+            if cfg.uptrain_steps:
+                row["uptraining"] = uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg, tmp / "train")
+            model.eval()
+            row.update(quality(model, tokenizer, held_out, cfg))
+            row.update(memory(model, cfg))
+            if cfg.lm_eval_tasks:
+                from .lm_eval_support import run_lm_eval
+
+                row["lm_eval"] = run_lm_eval(model, tokenizer, cfg.lm_eval_tasks, limit=cfg.lm_eval_limit)
+            rows.append(row)
+            models[label] = model
+        latency(models, rows, cfg)
+        summary = {
+            "source": source_display,
+            "family": family.name,
+            "num_attention_heads": heads,
+            "source_num_key_value_heads": source_kv,
+            "dataset": cfg.dataset or ", ".join(cfg.data_files) or "pydoc_data.topics",
+            "eval_tokens": len(eval_blocks) * cfg.block_size,
+            "device": str(source.device),
+            "torch_threads": torch.get_num_threads(),
+            "config": asdict(cfg),
+            "variants": rows,
+        }
+        (tmp / "tradeoff.json").write_text(json.dumps(summary, indent=2, default=str))
+        (tmp / "tradeoff.md").write_text(markdown_table(summary))
+        plot(summary, tmp / "tradeoff.png")
+        write_cards(models, summary, tokenizer, tmp, cfg)
+        shutil.rmtree(tmp / "train", ignore_errors=True)  # the Trainer's scratch folder
+    return summary
+
+
+def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig):
+    """``source`` in the variant with ``kv`` K/V heads, owning its tensors when it is going to be trained."""
+    base = copy.deepcopy(source) if cfg.uptrain_steps else source
+    return convert(base, name, kv, cfg.kv_init, cfg.seed)
+
+
+def held_out_text(eval_blocks, tokenizer) -> list[str]:
+    """The held-out blocks as one text (their tokens decoded in order), so the metrics tokenize it again."""
+    ids = [token for block in eval_blocks["input_ids"] for token in block]
+    return [tokenizer.decode(ids)]
+
+
+def uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg: TradeoffConfig, workdir: Path) -> dict:
+    """Train all weights of ``model`` for ``cfg.uptrain_steps`` steps (distilling from ``source`` if asked)."""
+    from transformers import TrainingArguments
+
+    from .training import UptrainArguments, make_trainer
+
+    args = TrainingArguments(
+        output_dir=str(workdir),
+        max_steps=cfg.uptrain_steps,
+        per_device_train_batch_size=cfg.train_batch_size,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=min(5, cfg.uptrain_steps // 10),
+        save_strategy="no",
+        report_to="none",
+        logging_steps=max(1, cfg.uptrain_steps // 10),
+        seed=cfg.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    uptrain_args = UptrainArguments(distill=cfg.distill)
+    model.train().requires_grad_(True)
+    trainer = make_trainer(
+        model, tokenizer, args, train_blocks, eval_blocks, uptrain_args, teacher=source if cfg.distill else None
+    )
+    start = time.perf_counter()
+    output = trainer.train()
+    return {
+        "steps": cfg.uptrain_steps,
+        "tokens": cfg.uptrain_steps * cfg.train_batch_size * cfg.block_size,
+        "trained": "all weights",
+        "loss": "distillation from the source + LM loss" if cfg.distill else "LM loss",
+        "seconds": time.perf_counter() - start,
+        "train_loss": output.training_loss,
+    }
+
+
+def quality(model, tokenizer, texts: list[str], cfg: TradeoffConfig) -> dict:
+    """Perplexity and next-token accuracy on ``texts`` through the package's ``evaluate`` modules."""
+    from .metrics import load_metric
+
+    stride = cfg.eval_stride or cfg.block_size
+    kwargs = dict(
+        predictions=texts,
+        model=model,
+        tokenizer=tokenizer,
+        max_length=cfg.block_size,
+        stride=stride,
+        add_start_token=False,  # the held-out blocks are scored as the training evaluation scores them
+    )
+    ppl = load_metric("perplexity").compute(**kwargs)
+    acc = load_metric("next_token_accuracy").compute(**kwargs)
+    return {
+        "perplexity": ppl["perplexity"],
+        "next_token_accuracy": acc["next_token_accuracy"],
+        "scored_tokens": ppl["num_tokens"],
+    }
+
+
+def memory(model, cfg: TradeoffConfig) -> dict:
+    """Weights bytes and KV-cache bytes: per token read off a real cache (and the formula), and at the context."""
+    cache_dtype = next(model.parameters()).dtype
+    family = family_for(model.config)
+    kv = family.num_kv_heads(model.config)
+    (plan,) = kv_cache_plan(model.config, [(variant_name(family.num_heads(model.config), kv), kv)],
+                            cfg.memory_context, 1, cache_dtype)  # fmt: skip
+    ids = torch.zeros(1, 8, dtype=torch.long, device=model.device)
+    with torch.inference_mode():
+        cache = model(input_ids=ids, use_cache=True).cache
+    measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) // ids.shape[1]
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {
+        "weights_bytes": weights,
+        "kv_bytes_per_token": measured,
+        "kv_bytes_per_token_formula": plan["bytes_per_token"],
+        "kv_bytes_at_context": plan["total_bytes"],
+        "memory_context": cfg.memory_context,
+        "kv_fraction_of_mha": plan["fraction_of_mha"],
+    }
+
+
+def latency(models: dict, rows: list[dict], cfg: TradeoffConfig) -> None:
+    """Prefill and decode-step times of every variant, interleaved, as ratios to MHA (added to ``rows``)."""
+    baseline = rows[0]["variant"]  # MHA: the variants are ordered from most K/V heads
+    prefills = {label: timing.prefill(model, 1, cfg.prefill_tokens) for label, model in models.items()}
+    prefill_times = timing.interleaved(prefills, cfg.rounds, desc="prefill")
+    steps, cache_bytes = {}, {}
+    for label, model in models.items():
+        steps[label], cache_bytes[label] = timing.decode_step(model, cfg.batch, cfg.context)
+    decode_times = timing.interleaved(steps, cfg.rounds, desc="decode")
+    prefill_ratio, decode_ratio = timing.ratios(prefill_times, baseline), timing.ratios(decode_times, baseline)
+    for row in rows:
+        label = row["variant"]
+        row["prefill_seconds"] = timing.summarize(prefill_times[label])
+        row["prefill_ratio"] = prefill_ratio[label]
+        row["decode_seconds"] = timing.summarize(decode_times[label])
+        row["decode_ratio"] = decode_ratio[label]
+        row["decode_cache_bytes"] = cache_bytes[label]
+    del steps  # frees the caches
+
+
+def _arrow(value: float, baseline: float, lower_is_better: bool, tolerance: float = 0.02) -> str:
+    if abs(value - baseline) <= tolerance * abs(baseline):
+        return "="
+    better = value < baseline if lower_is_better else value > baseline
+    return ("↓" if value < baseline else "↑") + (" better" if better else " worse")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def markdown_table(summary: dict) -> str:
+    """The seed's table (Variant | Latency | Memory | Accuracy) with the measured numbers next to the arrows."""
+    rows = summary["variants"]
+    mha = rows[0]
+    cfg = summary["config"]
+    lines = [
+        f"Trade-off of {summary['source']} ({summary['family']}, {summary['num_attention_heads']} query heads); "
+        f"quality on {summary['eval_tokens']} held-out tokens of {summary['dataset']}; "
+        f"uptraining: {cfg['uptrain_steps']} steps; kv_init {cfg['kv_init']}.",
+        "",
+        f"| Variant | Latency (decode step, batch {cfg['batch']}, context {cfg['context']}) | Prefill "
+        f"({cfg['prefill_tokens']} tokens) | Memory (KV cache at {cfg['memory_context']} tokens) | "
+        "Accuracy (perplexity, next-token accuracy) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d, p = r["decode_ratio"], r["prefill_ratio"]
+        lines.append(
+            f"| {r['variant']}{' (source)' if r['source'] else ''} "
+            f"| {_arrow(d['median'], 1.0, True)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
+            f"| {_arrow(p['median'], 1.0, True)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
+            f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
+            f"{_size(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA) "
+            f"| {_arrow(r['perplexity'], mha['perplexity'], True)} ppl {r['perplexity']:.4g}, "
+            f"acc {r['next_token_accuracy']:.1%} |"
+        )
+    lines += [
+        "",
+        "Latency: median per-round ratio to MHA over "
+        f"{cfg['rounds']} interleaved rounds [interquartile range]; absolute medians are in tradeoff.json. "
+        "Memory: KV cache of one sequence, in the model's dtype. Arrows compare with MHA (= within 2%).",
+    ]
+    if any("lm_eval" in r for r in rows):
+        lines += ["", "lm-evaluation-harness:", ""]
+        for r in rows:
+            lines.append(f"- {r['variant']}: {json.dumps(r['lm_eval'])}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Two panels: perplexity against decode-step latency, and KV-cache memory against context length."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summary["variants"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for r in rows:
+        left.scatter(r["decode_ratio"]["median"], r["perplexity"], s=50)
+        left.annotate(r["variant"], (r["decode_ratio"]["median"], r["perplexity"]), textcoords="offset points",
+                      xytext=(6, 4))  # fmt: skip
+    left.set_xlabel(
+        f"decode step time / MHA (batch {summary['config']['batch']}, context {summary['config']['context']})"
+    )
+    left.set_ylabel("held-out perplexity")
+    left.set_yscale("log")
+    left.set_title("quality vs decode latency")
+    contexts = [2**k for k in range(9, 16)]
+    for r in rows:
+        right.plot(contexts, [r["kv_bytes_per_token"] * c / 2**20 for c in contexts], marker="o", label=r["variant"])
+    right.set_xscale("log", base=2)
+    right.set_yscale("log")
+    right.set_xlabel("context (tokens)")
+    right.set_ylabel("KV cache per sequence (MiB)")
+    right.set_title("KV memory vs context")
+    right.legend()
+    fig.suptitle(f"{summary['source']}: MHA / GQA / MQA", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_cards(models: dict, summary: dict, tokenizer, folder: Path, cfg: TradeoffConfig) -> None:
+    """A model card per variant in ``folder/<variant>/README.md`` (with the checkpoint if ``save_checkpoints``)."""
+    from .model_card import render_model_card
+
+    for row in summary["variants"]:
+        model = models[row["variant"]]
+        target = folder / row["variant"].lower()
+        target.mkdir()
+        up = row.get("uptraining")
+        card = render_model_card(
+            model,
+            summary["source"],
+            summary["source_num_key_value_heads"],
+            cfg.kv_init,
+            uptraining=f"{up['steps']} steps, {up['tokens']:,} tokens, {up['trained']}, {up['loss']}" if up else "none",
+            metrics={"perplexity": row["perplexity"], "next-token accuracy": row["next_token_accuracy"]},
+            dataset=f"{summary['eval_tokens']} held-out tokens of {summary['dataset']}",
+        )
+        card.save(target / "README.md")
+        if cfg.save_checkpoints:
+            model.save_pretrained(target)
+            tokenizer.save_pretrained(target)
