@@ -37,7 +37,8 @@ def test_default_variants_span_mha_to_mqa():
 
 def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["tradeoff", tiny / "llama", "--out", out, "--data-files", tiny / "corpus.txt", "--uptrain-steps", "2"]
+    argv = ["tradeoff", tiny / "llama", "--out", out, "--data-files", tiny / "corpus.txt", "--uptrain-steps", "2",
+            "--lm-eval-tasks", "hav_pydoc_next_word", "--lm-eval-limit", "4"]  # fmt: skip
     assert cli.main([str(a) for a in argv + SMALL]) == 0
     printed = capsys.readouterr().out
     assert "| Variant | Latency" in printed and "MQA" in printed
@@ -56,11 +57,13 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
         assert 1 < r["perplexity"] < 1000 and 0 <= r["next_token_accuracy"] <= 1
         assert r["scored_tokens"] == 4 * 32 - 1
         assert r["uptraining"]["steps"] == 2
+        assert 0 <= r["lm_eval"]["hav_pydoc_next_word"]["acc"] <= 1
         assert r["decode_ratio"]["median"] > 0 and r["prefill_ratio"]["median"] > 0
         assert r["decode_cache_bytes"] == r["kv_bytes_per_token"] * 2 * 65  # batch 2, context + 1 slots
     assert rows[0]["decode_ratio"]["median"] == 1.0
     table = (out / "tradeoff.md").read_text()
     assert table.count("\n| ") == 5 and "↓ better" in table  # header + 4 variants; KV memory falls
+    assert "hav_pydoc_next_word" in table
 
     card = ModelCard.load(out / "mqa" / "README.md")
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}

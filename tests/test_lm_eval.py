@@ -1,0 +1,119 @@
+"""lm-evaluation-harness on a tiny MQA variant with the package's local task, offline."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import socket
+import string
+import sys
+
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, decoders, models
+
+import hf_attn_variants as hav
+from hf_attn_variants.lm_eval_support import TASKS_DIR, run_lm_eval
+
+TASK = "hav_pydoc_next_word"
+LIMIT = 8
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + list(string.printable))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+@pytest.fixture(scope="module")
+def mqa_model(tokenizer):
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = hav.convert(transformers.LlamaForCausalLM(config).eval(), "mqa")
+    assert model.config.num_key_value_heads == 1
+    return model
+
+
+@pytest.fixture(autouse=True)
+def offline_single_thread(monkeypatch):
+    """No socket may connect; one torch thread (a tiny model on a busy 2-core box is faster so)."""
+    attempts = []
+
+    def connect(sock, address, *args):
+        attempts.append(address)
+        raise OSError("network access in an offline test")
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    assert attempts == []
+
+
+def choice_logprob(model, tokenizer, context: str, choice: str) -> float:
+    ids = tokenizer(context + " " + choice, return_tensors="pt").input_ids
+    n_context = len(tokenizer(context).input_ids)
+    with torch.no_grad():
+        logprobs = model(ids[:, :-1]).logits.log_softmax(-1)[0]
+    return logprobs[n_context - 1 :].gather(-1, ids[0, n_context:, None]).sum().item()
+
+
+def predicted(model, tokenizer, doc: dict) -> int:
+    scores = [choice_logprob(model, tokenizer, doc["context"], choice) for choice in doc["choices"]]
+    return scores.index(max(scores))
+
+
+def test_local_task_on_mqa_variant(mqa_model, tokenizer):
+    results = run_lm_eval(mqa_model, tokenizer, [TASK], limit=LIMIT, batch_size=4)
+    metrics = results[TASK]
+    assert metrics["sample_len"] == LIMIT
+    for name in ("acc", "acc_norm", "acc_stderr", "acc_norm_stderr"):
+        assert math.isfinite(metrics[name]) and 0 <= metrics[name] <= 1, (name, metrics)
+    # the harness's accuracy is the argmax of the choices' log-likelihoods, recomputed here by hand
+    docs = [json.loads(line) for line in (TASKS_DIR / "pydoc_next_word.jsonl").read_text().splitlines()]
+    docs = [doc for doc in docs if doc["split"] == "test"][:LIMIT]
+    hits = [predicted(mqa_model, tokenizer, doc) == doc["label"] for doc in docs]
+    assert metrics["acc"] == pytest.approx(sum(hits) / LIMIT)
+
+
+def test_fewshot_runs(mqa_model, tokenizer):
+    metrics = run_lm_eval(mqa_model, tokenizer, [TASK], limit=2, batch_size=8, num_fewshot=2)[TASK]
+    assert metrics["sample_len"] == 2 and 0 <= metrics["acc"] <= 1
+
+
+def test_unknown_task_names_the_available_ones(mqa_model, tokenizer, monkeypatch):
+    import lm_eval.tasks
+
+    # skip indexing lm-eval's ~15k built-in YAMLs (slow); the message is built the same way
+    monkeypatch.setattr(
+        lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False)
+    )
+    with pytest.raises(ValueError, match=r"hav_pydoc_next_wrd.*close matches: \['hav_pydoc_next_word'\]"):
+        run_lm_eval(mqa_model, tokenizer, ["hav_pydoc_next_wrd"])
+
+
+def test_missing_lm_eval_names_the_extra(mqa_model, tokenizer, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    with pytest.raises(ImportError, match=r"hf_attn_variants\[lm-eval\]"):
+        run_lm_eval(mqa_model, tokenizer, [TASK])
