@@ -329,7 +329,12 @@ def markdown_table(summary: dict) -> str:
         "Memory: KV cache of one sequence, in the model's dtype. Arrows compare with MHA (= within 2%).",
     ]
     if any("lm_eval" in r for r in rows):
-        columns = [(task, m) for task, ms in rows[0]["lm_eval"].items() for m in ms if not m.endswith("stderr")]
+        columns = [
+            (task, m)
+            for task, ms in rows[0]["lm_eval"].items()
+            for m in ms
+            if not m.endswith("stderr") and m != "sample_len"
+        ]
         lines += ["", "lm-evaluation-harness:", "", "| Variant | " + " | ".join(f"{t} {m}" for t, m in columns) + " |"]
         lines.append("|---" * (len(columns) + 1) + "|")
         for r in rows:

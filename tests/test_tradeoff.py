@@ -62,7 +62,7 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
         assert r["decode_cache_bytes"] == r["kv_bytes_per_token"] * 2 * 65  # batch 2, context + 1 slots
     assert rows[0]["decode_ratio"]["median"] == 1.0
     table = (out / "tradeoff.md").read_text()
-    assert table.count("\n| ") == 5 and "↓ better" in table  # header + 4 variants; KV memory falls
+    assert table.count("\n| ") == 10 and "↓ better" in table  # 2 tables: header + 4 variants; KV memory falls
     assert "hav_pydoc_next_word" in table
 
     card = ModelCard.load(out / "mqa" / "README.md")
