@@ -1,4 +1,4 @@
-# make main   - set up, then on the default model (SmolLM2-135M-Instruct): KV-cache plan, MQA conversion, real-model check
+# make main   - set up, then the trade-off table (latency, memory, quality of MHA/GQA/MQA) on SmolLM2-135M-Instruct
 # make test   - set up, then run the whole test suite (unit + real-model tests)
 PY ?= python3
 VENV ?= .venv
@@ -16,9 +16,7 @@ $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 setup: $(BIN)/hf-attn-variants
 
 main: setup
-	$(BIN)/hf-attn-variants kv-cache smollm2 --variants mha,gqa:3,mqa --seq-len 8192 --batch 8 --dtype bfloat16
-	$(BIN)/hf-attn-variants convert smollm2 out/smollm2-mqa --variant mqa --overwrite
-	$(BIN)/python scripts/real_model_check.py --json_out out/real_model_check.json
+	$(BIN)/hf-attn-variants tradeoff smollm2 --out out/tradeoff --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -ra

@@ -65,3 +65,19 @@ def test_mqa_runs_saves_and_reloads(smollm2, prose_ids, tmp_path):
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(prose_ids).logits, out.logits)
+
+
+def test_mqa_uptraining_on_the_gguf_model_lowers_perplexity(tmp_path):
+    """The training script on the real GGUF checkpoint (Trainer accepts it: its weights load dense)."""
+    from hf_attn_variants.training import main
+
+    out = tmp_path / "mqa"
+    results = main(
+        ["--model_name_or_path", "smollm2", "--attn_variant", "mqa", "--train_modules", "kv",
+         "--block_size", "64", "--max_eval_blocks", "4", "--per_device_train_batch_size", "2",
+         "--max_steps", "3", "--learning_rate", "2e-3", "--output_dir", str(out), "--save_strategy", "no",
+         "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    )  # fmt: skip
+    assert results["eval_end_perplexity"] < results["eval_start_perplexity"]
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_key_value_heads == 1 and "quantization_config" not in reloaded.config.to_dict()
