@@ -12,6 +12,7 @@ from .convert import convert, convert_state_dict
 from .families import families, family_for, register_family, supported_model_types
 from .heads import KV_INIT_METHODS
 from .kv_cache import kv_cache_plan
+from .lora import lora_config
 from .variants import ATTN_VARIANTS, resolve_num_kv_heads, variant_label, variant_name
 
 __version__ = "0.1.0"
@@ -33,6 +34,7 @@ __all__ = [
     "families",
     "family_for",
     "kv_cache_plan",
+    "lora_config",
     "register_family",
     "resolve_num_kv_heads",
     "supported_model_types",
