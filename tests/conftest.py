@@ -17,10 +17,38 @@ TINY = {
     "mistral": (transformers.MistralConfig, dict(num_key_value_heads=4, sliding_window=None)),
     "qwen2": (transformers.Qwen2Config, dict(num_key_value_heads=4)),
     "qwen3": (transformers.Qwen3Config, dict(num_key_value_heads=4, head_dim=16)),
+    "gemma": (transformers.GemmaConfig, dict(num_key_value_heads=4, head_dim=16)),
+    "gemma2": (
+        transformers.Gemma2Config,
+        dict(num_key_value_heads=4, head_dim=16, sliding_window=6, query_pre_attn_scalar=12),
+    ),
+    "granite": (
+        transformers.GraniteConfig,
+        dict(num_key_value_heads=4, attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.0),
+    ),
+    "stablelm": (transformers.StableLmConfig, dict(num_key_value_heads=4, use_qkv_bias=True)),
+    "phi": (transformers.PhiConfig, dict(num_key_value_heads=4, qk_layernorm=True, partial_rotary_factor=0.5)),
+    "olmo2": (transformers.Olmo2Config, dict(num_key_value_heads=4)),
+    "phi3": (transformers.Phi3Config, dict(num_key_value_heads=4)),
     "gpt2": (transformers.GPT2Config, dict()),
 }
 FAMILIES = list(TINY)
 ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
+NO_SDPA = {"gemma2"}  # transformers has no sdpa path for them (Gemma 2's soft-capping needs eager)
+# no flex test: transformers has no flex path for StableLM; torch 2.13's CPU inductor fails to compile
+# Gemma 2's soft-capping score_mod (a C++ error in its template)
+NO_CPU_FLEX = {"gemma2", "stablelm"}
+NORM_OVER_KV = {"olmo2"}  # a norm over the whole K projection: expansion is exact math, not bit for bit
+
+
+def family_attn(families=None) -> list:
+    """``(family, attn)`` pairs of every attention implementation each family supports in transformers."""
+    return [
+        pytest.param(f, a, id=f"{f}-{a}")
+        for f in (families or FAMILIES)
+        for a in ATTN_IMPLEMENTATIONS
+        if not (a == "sdpa" and f in NO_SDPA)
+    ]
 
 
 def tiny_config(family: str, num_key_value_heads: int | None = None, **overrides):

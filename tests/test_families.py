@@ -16,7 +16,11 @@ from .conftest import (
     ATTN_IMPLEMENTATIONS,
     FAMILIES,
     HEADS,
+    NO_CPU_FLEX,
+    NO_SDPA,
+    NORM_OVER_KV,
     cache_bytes,
+    family_attn,
     kv_heads_in_cache,
     native_kv_heads,
     tiny_config,
@@ -32,8 +36,7 @@ def logits(model, input_ids, **kwargs):
         return model(input_ids, **kwargs).logits
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, attn", family_attn())
 def test_mha_to_mha_reproduces_unmodified_transformers_exactly(family, attn, input_ids):
     source = tiny_model(family, attn, num_key_value_heads=HEADS) if family != "gpt2" else tiny_model(family, attn)
     converted = hav.convert(source, "mha")
@@ -52,19 +55,17 @@ def test_plugin_attention_with_all_heads_reproduces_gpt2_exactly(attn, input_ids
     assert torch.equal(logits(variant, input_ids), logits(source, input_ids))
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+@pytest.mark.parametrize("family, attn", family_attn([f for f in FAMILIES if f != "gpt2"]))
 def test_gqa_to_mha_expansion_is_exact(family, attn, input_ids):
     source = tiny_model(family, attn)  # GQA-4
     expanded = hav.convert(source, "mha")
     assert expanded.config.num_key_value_heads == HEADS
     torch.testing.assert_close(logits(expanded, input_ids), logits(source, input_ids), rtol=0, atol=1e-6)
-    if attn == "eager":
+    if attn == "eager" and family not in NORM_OVER_KV:
         assert torch.equal(logits(expanded, input_ids), logits(source, input_ids))
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, attn", family_attn())
 @pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None)])
 def test_mean_pooling_of_equal_heads_is_exact(family, attn, variant, count, input_ids):
     base = tiny_model(family, attn)
@@ -88,6 +89,8 @@ def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, 
     )
     if family == "gpt2":
         assert model.transformer.h[0].attn.c_attn.weight.shape == (64, 64 + 2 * kv * head_dim)
+    elif family == "phi3":
+        assert model.model.layers[0].self_attn.qkv_proj.weight.shape == (64 + 2 * kv * head_dim, 64)
     else:
         assert n_kv_rows == 2 * 2 * kv * head_dim  # 2 layers x (k, v)
     with torch.no_grad():
@@ -98,8 +101,7 @@ def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, 
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, attn", family_attn())
 def test_greedy_generation_with_cache_equals_without(family, attn, cache_implementation, input_ids):
     model = hav.convert(tiny_model(family, attn), "gqa", 2)
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -108,8 +110,7 @@ def test_greedy_generation_with_cache_equals_without(family, attn, cache_impleme
     assert torch.equal(with_cache, without)
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family, attn", family_attn())
 def test_left_padded_batch_gives_each_row_its_own_logits(family, attn):
     model = hav.convert(tiny_model(family, attn), "mqa")
     rows = [torch.tensor([5, 6, 7, 8, 9, 10, 11]), torch.tensor([12, 13, 14])]
@@ -123,7 +124,7 @@ def test_left_padded_batch_gives_each_row_its_own_logits(family, attn):
         torch.testing.assert_close(batched[i, width - len(row) :], alone[0], rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in NO_SDPA])
 @pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None)])
 def test_eager_and_sdpa_agree(family, variant, count, input_ids):
     eager = hav.convert(tiny_model(family, "eager"), variant, count)
@@ -225,8 +226,9 @@ def test_base_model_and_sequence_classifier_convert(input_ids):
     assert hav.convert(llama, "mqa").config.num_key_value_heads == 1
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in NO_CPU_FLEX])
 def test_flex_attention_agrees_with_eager(family, input_ids):
+    torch._dynamo.reset()  # fresh static-shape kernels: torch 2.13's CPU template fails once shapes go dynamic
     eager = hav.convert(tiny_model(family, "eager"), "gqa", 2)
     flex = hav.convert(tiny_model(family, "eager"), "gqa", 2)
     flex.set_attn_implementation("flex_attention")

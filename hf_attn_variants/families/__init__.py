@@ -1,6 +1,6 @@
 """Family adapters and their registry. Importing this package registers the built-in families."""
 
-from .base import FamilyAdapter, NativeFamily, PluginFamily
+from .base import FamilyAdapter, NativeFamily, NativeFusedFamily, PluginFamily
 from .gpt2 import GPT2
 from .native import NATIVE_FAMILIES
 from .registry import families, families_table, family_for, register_family, supported_model_types
@@ -11,6 +11,7 @@ for _family in (*NATIVE_FAMILIES, GPT2):
 __all__ = [
     "FamilyAdapter",
     "NativeFamily",
+    "NativeFusedFamily",
     "PluginFamily",
     "families",
     "families_table",

@@ -36,6 +36,11 @@ class FamilyAdapter:
 
     native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
+    @property
+    def layout(self) -> str:
+        """How the family stores q, k and v, for the README's table."""
+        return "separate"
+
     # -- head counts read off a config ------------------------------------------------------------------
     def num_heads(self, config) -> int:
         return config.num_attention_heads
@@ -86,6 +91,29 @@ class FamilyAdapter:
             raise ValueError(f"projections {parts!r}: give letters of 'qkvo' (e.g. 'kv' or 'qkvo')")
         return parts
 
+    def _fused_projections(self, parts: str, fused: str, out: str) -> tuple[str, ...]:
+        """``projections`` of a family whose q, k and v live in the one module ``fused``."""
+        qkv = set(self._check_parts(parts)) & set("qkv")
+        if qkv and qkv != set("qkv"):
+            raise ValueError(
+                f"{self.name} fuses q, k and v in one projection ({fused}), so {''.join(sorted(qkv))!r} "
+                "cannot be trained alone; choose 'qkvo' or 'all'"
+            )
+        return tuple(([fused] if qkv else []) + ([out] if "o" in parts else []))
+
+    def qkv_sizes(self, config, kv_heads) -> list[int]:
+        """Rows of q, k and v in a fused ``[q | k | v]`` projection with ``kv_heads`` K/V heads."""
+        d = self.head_dim(config)
+        return [self.num_heads(config) * d, kv_heads * d, kv_heads * d]
+
+    def _convert_fused(self, key, tensor, config, dst_kv, kv_init, seed, out_dim=0):
+        """A fused ``[q | k | v]`` tensor (rows along ``out_dim``) with its k and v blocks regrouped."""
+        rows = tensor.movedim(out_dim, 0)  # (q + k + v rows, *rest)
+        q, k, v = split_fused(rows, self.qkv_sizes(config, self.num_kv_heads(config)))
+        k = self._regroup(key + ":k", k, config, dst_kv, kv_init, seed)
+        v = self._regroup(key + ":v", v, config, dst_kv, kv_init, seed)
+        return torch.cat([q, k, v]).movedim(0, out_dim).contiguous()
+
     # -- the converted model --------------------------------------------------------------------------
     def target_config(self, config, dst_kv):
         """The config of ``config``'s model with ``dst_kv`` K/V heads (same attention implementation)."""
@@ -128,9 +156,10 @@ class NativeFamily(FamilyAdapter):
     kv_projections: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
     q_projection: str = "self_attn.q_proj"
     o_projection: str = "self_attn.o_proj"
+    kv_shaped: tuple[str, ...] = ()  # other modules whose weights have one slice per K/V head (OLMo-2's k_norm)
 
     def __post_init__(self):
-        parts = "|".join(re.escape(p) for p in self.kv_projections)
+        parts = "|".join(re.escape(p) for p in self.kv_projections + self.kv_shaped)
         object.__setattr__(self, "_kv_key", re.compile(rf"(?:^|\.)(?:{parts})\.(?:weight|bias)$"))
 
     def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
@@ -139,7 +168,7 @@ class NativeFamily(FamilyAdapter):
         return self._regroup(key, tensor, config, dst_kv, kv_init, seed)
 
     def kv_weight_count(self, config) -> int:
-        return len(self.kv_projections) * self.num_layers(config)
+        return len(self.kv_projections + self.kv_shaped) * self.num_layers(config)
 
     def projections(self, parts):
         k, v = self.kv_projections
@@ -153,6 +182,32 @@ class NativeFamily(FamilyAdapter):
 
     def target_class(self, model_class, dst_kv, config):
         return model_class
+
+
+@dataclass(frozen=True)
+class NativeFusedFamily(NativeFamily):
+    """A native family whose q, k and v share one fused ``[q | k | v]`` projection (Phi-3's ``qkv_proj``)."""
+
+    fused_qkv: str = "self_attn.qkv_proj"
+    kv_projections: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "_kv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
+
+    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
+        if not self._kv_key.search(key):
+            return None
+        return self._convert_fused(key, tensor, config, dst_kv, kv_init, seed)
+
+    def kv_weight_count(self, config) -> int:
+        return self.num_layers(config)
+
+    def projections(self, parts):
+        return self._fused_projections(parts, self.fused_qkv, self.o_projection)
+
+    @property
+    def layout(self) -> str:
+        return f"fused `{self.fused_qkv}` (q, k, v blocks)"
 
 
 @dataclass(frozen=True)
@@ -186,37 +241,25 @@ class PluginFamily(FamilyAdapter):
         object.__setattr__(self, "_qkv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
 
     @property
+    def layout(self) -> str:
+        return f"fused `{self.fused_qkv}` (q, k, v blocks)" + (", Conv1D" if self.conv1d else "")
+
+    @property
     def variant_model_type(self) -> str:
         return f"attn_variant_{self.model_types[0]}"
-
-    def qkv_sizes(self, config, kv_heads) -> list[int]:
-        d = self.head_dim(config)
-        return [self.num_heads(config) * d, kv_heads * d, kv_heads * d]
 
     def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
         if not self._qkv_key.search(key):
             return None
         out_dim = -1 if (self.conv1d and tensor.ndim == 2) else 0
-        rows = tensor.movedim(out_dim, 0)  # (q + k + v rows, *rest)
-        q, k, v = split_fused(rows, self.qkv_sizes(config, self.num_kv_heads(config)))
-        k = self._regroup(key + ":k", k, config, dst_kv, kv_init, seed)
-        v = self._regroup(key + ":v", v, config, dst_kv, kv_init, seed)
-        return torch.cat([q, k, v]).movedim(0, out_dim).contiguous()
+        return self._convert_fused(key, tensor, config, dst_kv, kv_init, seed, out_dim)
 
     def kv_weight_count(self, config) -> int:
         return self.num_layers(config)
 
     def projections(self, parts):
-        parts = self._check_parts(parts)
-        qkv = set(parts) & set("qkv")
-        if qkv and qkv != set("qkv"):
-            raise ValueError(
-                f"{self.name} fuses q, k and v in one projection ({self.fused_qkv}), so {''.join(sorted(qkv))!r} "
-                "cannot be trained alone; choose 'qkvo' or 'all'"
-            )
         attention = self.fused_qkv.rpartition(".")[0]
-        names = ([self.fused_qkv] if qkv else []) + ([f"{attention}.{self.out_proj}"] if "o" in parts else [])
-        return tuple(names)
+        return self._fused_projections(parts, self.fused_qkv, f"{attention}.{self.out_proj}")
 
     @property
     def lora_fan_in_fan_out(self) -> bool:

@@ -83,12 +83,11 @@ def families_table() -> str:
     lines = ["| family | model_type | saved as | q/k/v projections | notes |", "|---|---|---|---|---|"]
     for family in families():
         if family.native:
-            saved, layout = "native (own model_type, fewer K/V heads)", "separate"
+            saved = "native (own model_type, fewer K/V heads)"
         else:
             saved = f"plugin config `{family.variant_model_type}` (MHA: plain `{family.model_types[0]}`)"
-            layout = f"fused `{family.fused_qkv}` (q, k, v blocks)" + (", Conv1D" if family.conv1d else "")
         types = ", ".join(f"`{t}`" for t in family.model_types)
-        lines.append(f"| {family.name} | {types} | {saved} | {layout} | {family.notes} |")
+        lines.append(f"| {family.name} | {types} | {saved} | {family.layout} | {family.notes} |")
     return "\n".join(lines)
 
 
