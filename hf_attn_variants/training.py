@@ -82,6 +82,9 @@ class UptrainArguments:
     teacher: str | None = field(default=None, metadata={"help": "teacher folder or hub id; default: the source"})
     distill_temperature: float = 2.0
     distill_alpha: float = field(default=0.5, metadata={"help": "weight of the KL term; 1 - alpha weighs the LM loss"})
+    eval_source: bool = field(
+        default=False, metadata={"help": "also report the unconverted source's held-out perplexity (one more pass)"}
+    )
 
 
 class DistillationTrainer(Trainer):
@@ -337,6 +340,12 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
     with training_args.main_process_first(desc="tokenize and pack"):
         train_blocks, eval_blocks = load_blocks(data_args, tokenizer)
 
+    results = {}
+    if uptrain_args.eval_source and resume is None:
+        evaluator = make_trainer(source, tokenizer, training_args, train_blocks, eval_blocks, uptrain_args)
+        results.update(_eval_perplexity(evaluator, "eval_source"))
+        del evaluator
+
     teacher = None
     if uptrain_args.distill:
         teacher = (
@@ -360,7 +369,6 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
         )
 
     trainer = make_trainer(model, tokenizer, training_args, train_blocks, eval_blocks, uptrain_args, teacher)
-    results = {}
     if resume is None:
         results.update(_eval_perplexity(trainer, "eval_start"))
     train_output = trainer.train(resume_from_checkpoint=resume)
@@ -406,6 +414,7 @@ def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
         model_args.kv_init,
         uptraining=results["uptraining"] + (" (this folder holds the LoRA adapter)" if model_args.use_peft else ""),
         metrics={
+            "source perplexity": results.get("eval_source_perplexity"),
             "perplexity before uptraining": results.get("eval_start_perplexity"),
             "perplexity": results["eval_end_perplexity"],
         },

@@ -254,3 +254,14 @@ def test_two_processes_under_accelerate_launch(workspace, tmp_path):
     assert (out / "checkpoint-3").is_dir()
     model = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_key_value_heads == 2
+
+
+def test_eval_source_reports_the_unconverted_models_perplexity(workspace, tmp_path):
+    """GQA-4 -> GQA-4 is the identity, so the source's and the starting perplexity agree; MQA's does not."""
+    same = main(train_args(workspace, tmp_path / "same", "--attn_variant", "gqa", "--num_key_value_heads", "4",
+                           "--eval_source", "--max_steps", "1"))  # fmt: skip
+    assert same["eval_source_perplexity"] == pytest.approx(same["eval_start_perplexity"], rel=1e-6)
+    pooled = main(train_args(workspace, tmp_path / "mqa", "--attn_variant", "mqa", "--eval_source", "--max_steps", "1"))
+    assert pooled["eval_source_perplexity"] == pytest.approx(same["eval_source_perplexity"], rel=1e-6)
+    assert pooled["eval_start_perplexity"] != pytest.approx(pooled["eval_source_perplexity"], rel=1e-3)
+    assert "source perplexity" in (tmp_path / "mqa" / "README.md").read_text()
