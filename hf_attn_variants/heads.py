@@ -100,6 +100,47 @@ def split_fused(rows: torch.Tensor, sizes: list[int], dim: int = 0) -> list[torc
     return list(torch.split(rows, sizes, dim=dim))
 
 
+def split_grouped_qkv(rows: torch.Tensor, num_heads: int, num_kv_heads: int) -> list[torch.Tensor]:
+    """Split a fused projection interleaved per K/V group into its q, k and v blocks.
+
+    ``rows`` is ``((num_heads + 2 * num_kv_heads) * head_dim, *rest)``, laid out as G groups, each the
+    H/G query heads of the group, then its key head, then its value head::
+
+        [q_0 .. q_(H/G-1) k_0 v_0 | q_(H/G) .. q_(2H/G-1) k_1 v_1 | ...]
+
+    With G = H that is GPT-NeoX's (and BLOOM's) per-head ``[q_h k_h v_h] x H``. Returns q
+    ``(H * head_dim, *rest)`` and k, v ``(G * head_dim, *rest)``, each in head order.
+    """
+    check_head_counts(num_heads, num_kv_heads)
+    width = num_heads + 2 * num_kv_heads  # heads' worth of rows
+    if rows.shape[0] % width:
+        raise ValueError(
+            f"fused projection has {rows.shape[0]} rows, not a multiple of num_heads + 2 * num_kv_heads = "
+            f"{num_heads} + 2 * {num_kv_heads} = {width}"
+        )
+    head_dim, rest, per_group = rows.shape[0] // width, rows.shape[1:], num_heads // num_kv_heads
+    groups = rows.reshape(num_kv_heads, per_group + 2, head_dim, *rest)  # (kv_heads, H/G + 2, head_dim, *rest)
+    q = groups[:, :per_group].reshape(num_heads * head_dim, *rest)
+    k = groups[:, per_group].reshape(num_kv_heads * head_dim, *rest)
+    v = groups[:, per_group + 1].reshape(num_kv_heads * head_dim, *rest)
+    return [q, k, v]
+
+
+def merge_grouped_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The inverse of :func:`split_grouped_qkv`: q, k and v blocks interleaved per K/V group."""
+    if q.shape[0] % num_heads or k.shape != v.shape:
+        raise ValueError(f"q of {q.shape[0]} rows for {num_heads} heads, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    head_dim, rest = q.shape[0] // num_heads, q.shape[1:]
+    if k.shape[0] % head_dim:
+        raise ValueError(f"k has {k.shape[0]} rows, not a multiple of head_dim {head_dim}")
+    num_kv_heads = k.shape[0] // head_dim
+    check_head_counts(num_heads, num_kv_heads)
+    q = q.reshape(num_kv_heads, num_heads // num_kv_heads, head_dim, *rest)  # (kv_heads, H/G, head_dim, *rest)
+    k = k.reshape(num_kv_heads, 1, head_dim, *rest)  # (kv_heads, 1, head_dim, *rest)
+    v = v.reshape(num_kv_heads, 1, head_dim, *rest)
+    return torch.cat([q, k, v], dim=1).reshape(-1, *rest)  # ((H + 2G) * head_dim, *rest)
+
+
 def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_per_element: int) -> int:
     """Bytes one token adds to a KV cache: keys and values, every layer, every K/V head."""
     return 2 * num_layers * num_kv_heads * head_dim * bytes_per_element

@@ -1,9 +1,10 @@
 """The plugin's attention with G K/V heads, and the variant model classes built around it.
 
-Families that cannot hold fewer K/V heads natively (GPT-2 and the like) get a thin subclass of each of
-their own model classes: it builds the family's model, then swaps each attention module for a
-``VariantAttention`` that reuses the original's children except the fused q/k/v projection, which it
-rebuilds for G K/V heads. Module names, and so state-dict keys, stay the family's own.
+Families that cannot hold fewer K/V heads natively (GPT-2, OPT, GPT-NeoX, GPT-J) get a thin subclass of
+each of their own model classes: it builds the family's model, then swaps each attention module for a
+``VariantAttention`` that reuses the original's children except the projections whose rows depend on the
+K/V heads (k and v, or the fused q/k/v), which it rebuilds for G K/V heads. Module names, and so
+state-dict keys, stay the family's own.
 """
 
 from __future__ import annotations
@@ -66,57 +67,108 @@ def resized_projection(proj: nn.Module, out_features: int) -> nn.Module:
     return new.to(weight.dtype)
 
 
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool) -> torch.Tensor:
+    """Rotate the first ``cos.shape[-1]`` dims of every head of ``x`` (``(batch, heads, seq, head_dim)``).
+
+    ``cos`` and ``sin`` are ``(batch, seq, rotary_dims)``. ``interleaved`` rotates pairs of neighbouring dims
+    (GPT-J's rotate_every_two), otherwise the two halves (GPT-NeoX's and Llama's rotate_half).
+    """
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (batch, 1, seq, rotary_dims)
+    rot, rest = x[..., : cos.shape[-1]], x[..., cos.shape[-1] :]
+    if interleaved:
+        turned = torch.stack((-rot[..., 1::2], rot[..., ::2]), dim=-1).flatten(-2)
+    else:
+        half = rot.shape[-1] // 2
+        turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat([(rot * cos) + (turned * sin), rest], dim=-1)
+
+
 class VariantAttention(nn.Module):
     """Causal self-attention with ``num_key_value_heads`` K/V heads for a plugin family.
 
-    Follows transformers' attention forward: project, reshape to heads, cache update, the kernel from
-    ``ALL_ATTENTION_FUNCTIONS`` for ``config._attn_implementation`` (eager by default), output projection.
+    Follows transformers' attention forward: project, reshape to heads, rotary positions (if the family has
+    them), cache update, the kernel from ``ALL_ATTENTION_FUNCTIONS`` for ``config._attn_implementation``
+    (``grouped_eager_attention`` for eager), output projection. What differs between families (separate or
+    fused projections and their layout, rotary style, where the scale is applied) comes from the adapter.
     """
 
     def __init__(self, config, original: nn.Module, family):
         super().__init__()
         self.config = config
+        self.family = family
         self.layer_idx = original.layer_idx
         self.num_heads = family.num_heads(config)
         self.num_key_value_heads = family.num_kv_heads(config)
         self.head_dim = family.head_dim(config)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.scaling = family.attention_scaling(config, self.layer_idx)
-        self.upcast = bool(family.upcast_flag and getattr(config, family.upcast_flag, False))
+        self.attention_dropout = family.attention_dropout(config)
+        self.upcast = family.eager_upcast(config)
         self.is_causal = True
-        self._qkv_sizes = family.qkv_sizes(config, self.num_key_value_heads)
-        self._qkv_name = family.fused_qkv.rsplit(".", 1)[-1]
-        self._out_name = family.out_proj
-        self._attn_dropout = family.attn_dropout
-        self._resid_dropout = family.resid_dropout
+        kv_rows = self.num_key_value_heads * self.head_dim
+        q_rows = self.num_heads * self.head_dim
+        if family.fused:
+            self._qkv_sizes = [q_rows, kv_rows, kv_rows]
+            resized = {family.qkv[0]: q_rows + 2 * kv_rows}
+        else:
+            resized = {name: kv_rows for name in family.kv_modules}
+        self.resized = tuple(resized)
         for name, child in original.named_children():
-            if name == self._qkv_name:
-                child = resized_projection(child, sum(self._qkv_sizes))
+            if name in resized:
+                child = resized_projection(child, resized[name])
             self.add_module(name, child)
 
-    def forward(self, hidden_states, cache=None, attention_mask=None, past_key_values=None, **kwargs):
-        cache = cache if cache is not None else past_key_values
-        input_shape = hidden_states.shape[:-1]
+    def _project(self, hidden_states):
+        """q ``(batch, seq, heads, head_dim)``, k and v ``(batch, seq, kv_heads, head_dim)``."""
+        family, input_shape = self.family, hidden_states.shape[:-1]
         head_shape = (*input_shape, -1, self.head_dim)
-        q, k, v = getattr(self, self._qkv_name)(hidden_states).split(self._qkv_sizes, dim=-1)
-        q = q.view(head_shape).transpose(1, 2)  # (batch, heads, seq, head_dim)
-        k = k.view(head_shape).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
-        v = v.view(head_shape).transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
+        if not family.fused:
+            return [getattr(self, name)(hidden_states).view(head_shape) for name in family.qkv]
+        qkv = getattr(self, family.qkv[0])(hidden_states)
+        if family.fused_layout == "blocks":
+            return [t.view(head_shape) for t in qkv.split(self._qkv_sizes, dim=-1)]
+        per_group = self.num_key_value_groups
+        qkv = qkv.view(*input_shape, self.num_key_value_heads, per_group + 2, self.head_dim)  # per K/V group
+        q = qkv[..., :per_group, :].reshape(*input_shape, self.num_heads, self.head_dim)
+        return [q, qkv[..., per_group, :], qkv[..., per_group + 1, :]]
+
+    def forward(
+        self,
+        hidden_states,
+        cache=None,
+        attention_mask=None,
+        position_embeddings=None,
+        past_key_values=None,
+        layer_past=None,  # GPT-NeoX's name for the cache
+        **kwargs,
+    ):
+        cache = next((c for c in (cache, past_key_values, layer_past) if c is not None), None)
+        family, input_shape = self.family, hidden_states.shape[:-1]
+        q, k, v = self._project(hidden_states)
+        scaling = self.scaling
+        if family.scale_query:  # OPT scales the query before the kernel, which then gets 1.0
+            q, scaling = q * self.scaling, 1.0
+        q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
+        k = k.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
+        v = v.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
+
+        if family.rotary:
+            cos, sin = family.rotary_cos_sin(position_embeddings)
+            interleaved = family.rotary == "interleaved"
+            q, k = apply_rotary(q, cos, sin, interleaved), apply_rotary(k, cos, sin, interleaved)
 
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, grouped_eager_attention)
-        dropout = getattr(self, self._attn_dropout).p if (self._attn_dropout and self.training) else 0.0
+        dropout = self.attention_dropout if self.training else 0.0
         extra = {"upcast": self.upcast} if attention is grouped_eager_attention else {}
-        out, weights = attention(
-            self, q, k, v, attention_mask, dropout=dropout, scaling=self.scaling, **extra, **kwargs
-        )
+        out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
 
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * head_dim)
-        out = getattr(self, self._out_name)(out)
-        if self._resid_dropout:
-            out = getattr(self, self._resid_dropout)(out)
+        out = getattr(self, family.out_proj)(out)
+        if family.resid_dropout:
+            out = getattr(self, family.resid_dropout)(out)
         return out, weights
 
 
@@ -128,7 +180,8 @@ def install_variant_attention(model: nn.Module, family) -> None:
             parent = model.get_submodule(parent_name)
             new = VariantAttention(model.config, module, family)
             setattr(parent, child_name, new)
-            model._init_weights(getattr(new, new._qkv_name))
+            for resized in new.resized:
+                model._init_weights(getattr(new, resized))
 
 
 def make_variant_model_class(family, base_class: type, config_class: type) -> type:

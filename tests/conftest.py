@@ -31,6 +31,7 @@ TINY = {
     "olmo2": (transformers.Olmo2Config, dict(num_key_value_heads=4)),
     "phi3": (transformers.Phi3Config, dict(num_key_value_heads=4)),
     "gpt2": (transformers.GPT2Config, dict()),
+    "opt": (transformers.OPTConfig, dict(ffn_dim=128)),
 }
 FAMILIES = list(TINY)
 ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
@@ -84,6 +85,15 @@ def tiny_config(family: str, num_key_value_heads: int | None = None, **overrides
         values["num_key_value_heads"] = num_key_value_heads
     values.update(overrides)
     return config_class(**values)
+
+
+def family_of(family: str):
+    """The adapter of a family named in ``TINY``."""
+    return hav.family_for(tiny_config(family))
+
+
+NATIVE = [f for f in FAMILIES if family_of(f).native]  # tiny models are GQA-4
+PLUGIN = [f for f in FAMILIES if not family_of(f).native]  # tiny models are MHA: the family cannot hold fewer
 
 
 def tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **config_kwargs):

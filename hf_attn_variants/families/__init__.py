@@ -3,9 +3,10 @@
 from .base import FamilyAdapter, NativeFamily, NativeFusedFamily, PluginFamily
 from .gpt2 import GPT2
 from .native import NATIVE_FAMILIES
+from .opt import OPT
 from .registry import families, families_table, family_for, register_family, supported_model_types
 
-for _family in (*NATIVE_FAMILIES, GPT2):
+for _family in (*NATIVE_FAMILIES, GPT2, OPT):
     register_family(_family)
 
 __all__ = [

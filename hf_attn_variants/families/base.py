@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import torch
 
-from ..heads import regroup_kv_heads, split_fused
+from ..heads import merge_grouped_qkv, regroup_kv_heads, split_fused, split_grouped_qkv
 
 
 @dataclass(frozen=True)
@@ -210,56 +210,129 @@ class NativeFusedFamily(NativeFamily):
         return f"fused `{self.fused_qkv}` (q, k, v blocks)"
 
 
+QKV_LAYOUTS = ("blocks", "grouped")  # rows of a fused q/k/v projection
+ROTARY_STYLES = (None, "half", "interleaved")
+
+
 @dataclass(frozen=True)
 class PluginFamily(FamilyAdapter):
     """A family that always has H K/V heads; its variants run the plugin's ``VariantAttention``.
 
+    What differs between such families is declared here; ``VariantAttention`` reads it.
+
     Attributes:
-        fused_qkv: the fused ``[q | k | v]`` projection, relative to the model (e.g. ``attn.c_attn``).
-        out_proj, attn_dropout, resid_dropout: the other children of the family's attention module, by name.
+        attention: the attention module, relative to a decoder layer (``attn``, ``self_attn``).
+        qkv: names of its q/k/v projections: three (``q_proj``, ``k_proj``, ``v_proj``) or one fused module.
+        fused_layout: the rows of a fused projection: ``blocks`` ``[q | k | v]`` (GPT-2), or ``grouped``,
+            interleaved per K/V group ``[q .. q k v] x G``, which with G = H is GPT-NeoX's per-head layout
+            ``[q k v] x H`` (so MHA stays the family's own layout; see ``heads.split_grouped_qkv``).
+        out_proj: the output projection; resid_dropout: a dropout module applied after it, if any.
+        dropout_config: the config field holding the dropout on attention probabilities.
         conv1d: the projections are GPT-2's ``Conv1D`` (weights stored ``(in, out)``).
+        rotary: ``None``, ``half`` (rotate_half, GPT-NeoX) or ``interleaved`` (rotate_every_two, GPT-J), applied
+            to the first ``cos.shape[-1]`` dims of each head, with cos/sin from ``rotary_cos_sin``.
+        scale_query: the scale multiplies the projected query and the kernel gets 1.0 (OPT's order).
         attention_scaling: ``(config, layer_idx) -> float``, the factor applied to the attention scores.
+        upcast_flag: the config field that asks eager attention to compute scores in float32.
         attention_class: the family's own attention module class, replaced in variant models.
         model_classes: the family's model classes that get a variant subclass.
         config_class: the family's config class; the variant config subclasses it.
     """
 
-    fused_qkv: str = ""
+    attention: str = ""
+    qkv: tuple[str, ...] = ()
+    fused_layout: str = "blocks"
     out_proj: str = ""
-    attn_dropout: str | None = None
     resid_dropout: str | None = None
+    dropout_config: str | None = None
     conv1d: bool = False
+    rotary: str | None = None
+    scale_query: bool = False
+    attention_scaling: object = None  # (config, layer_idx) -> float
+    upcast_flag: str | None = None
     attention_class: type | None = None
     model_classes: tuple[type, ...] = ()
     config_class: type | None = None
-    attention_scaling: object = None  # (config, layer_idx) -> float
-    upcast_flag: str | None = None  # the config field that asks eager attention to compute in float32
 
     native: ClassVar[bool] = False
 
     def __post_init__(self):
-        object.__setattr__(self, "_qkv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
+        names = "|".join(re.escape(n) for n in self.kv_modules)
+        key = rf"(?:^|\.){re.escape(self.attention)}\.(?:{names})\.(?:weight|bias)$"
+        object.__setattr__(self, "_kv_key", re.compile(key))
+
+    @property
+    def fused(self) -> bool:
+        return len(self.qkv) == 1
+
+    @property
+    def kv_modules(self) -> tuple[str, ...]:
+        """The projections (names in the attention module) whose rows depend on the K/V heads."""
+        return self.qkv if self.fused else self.qkv[1:]
 
     @property
     def layout(self) -> str:
-        return f"fused `{self.fused_qkv}` (q, k, v blocks)" + (", Conv1D" if self.conv1d else "")
+        if not self.fused:
+            return "separate"
+        rows = {"blocks": "q, k, v blocks", "grouped": "interleaved per head; variants: per K/V group"}
+        return f"fused `{self.attention}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
+            ", Conv1D" if self.conv1d else ""
+        )
+
+    def declaration_errors(self) -> list[str]:
+        """What is missing or wrong in this declaration (empty when it is complete)."""
+        required = ("attention", "qkv", "out_proj", "attention_class", "config_class", "model_classes")
+        missing = [f for f in (*required, "attention_scaling") if not getattr(self, f)]
+        if missing:
+            return [f"does not declare {missing}"]
+        errors = []
+        if len(self.qkv) not in (1, 3):
+            errors.append(f"qkv={self.qkv!r} must name one fused projection or three (q, k, v)")
+        if self.fused_layout not in QKV_LAYOUTS:
+            errors.append(f"fused_layout={self.fused_layout!r} is not one of {list(QKV_LAYOUTS)}")
+        if self.rotary not in ROTARY_STYLES:
+            errors.append(f"rotary={self.rotary!r} is not one of {list(ROTARY_STYLES)}")
+        return errors
+
+    def attention_dropout(self, config) -> float:
+        return float(getattr(config, self.dropout_config, 0.0) or 0.0) if self.dropout_config else 0.0
+
+    def eager_upcast(self, config) -> bool:
+        """Whether the eager kernel computes the scores in float32."""
+        return bool(self.upcast_flag and getattr(config, self.upcast_flag, False))
+
+    def rotary_cos_sin(self, position_embeddings):
+        """``(cos, sin)``, each ``(batch, seq, rotary_dims)``, from the ``position_embeddings`` the layer passes."""
+        return position_embeddings
 
     @property
     def variant_model_type(self) -> str:
         return f"attn_variant_{self.model_types[0]}"
 
     def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
-        if not self._qkv_key.search(key):
+        if not self._kv_key.search(key):
             return None
+        if not self.fused:
+            return self._regroup(key, tensor, config, dst_kv, kv_init, seed)
         out_dim = -1 if (self.conv1d and tensor.ndim == 2) else 0
-        return self._convert_fused(key, tensor, config, dst_kv, kv_init, seed, out_dim)
+        if self.fused_layout == "blocks":
+            return self._convert_fused(key, tensor, config, dst_kv, kv_init, seed, out_dim)
+        rows = tensor.movedim(out_dim, 0)  # ((H + 2G) * head_dim, *rest), interleaved per K/V group
+        heads = self.num_heads(config)
+        q, k, v = split_grouped_qkv(rows, heads, self.num_kv_heads(config))
+        k = self._regroup(key + ":k", k, config, dst_kv, kv_init, seed)
+        v = self._regroup(key + ":v", v, config, dst_kv, kv_init, seed)
+        return merge_grouped_qkv(q, k, v, heads).movedim(0, out_dim).contiguous()
 
     def kv_weight_count(self, config) -> int:
-        return self.num_layers(config)
+        return len(self.kv_modules) * self.num_layers(config)
 
     def projections(self, parts):
-        attention = self.fused_qkv.rpartition(".")[0]
-        return self._fused_projections(parts, self.fused_qkv, f"{attention}.{self.out_proj}")
+        names = [f"{self.attention}.{n}" for n in (*self.qkv, self.out_proj)]
+        if self.fused:
+            return self._fused_projections(parts, *names)
+        by_letter = dict(zip("qkvo", names))
+        return tuple(dict.fromkeys(by_letter[p] for p in self._check_parts(parts)))
 
     @property
     def lora_fan_in_fan_out(self) -> bool:

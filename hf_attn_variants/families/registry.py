@@ -33,19 +33,14 @@ def register_family(family: FamilyAdapter) -> FamilyAdapter:
         raise ValueError(f"a family named {family.name!r} is already registered")
     if not family.model_types:
         raise ValueError(f"family {family.name!r} covers no model_type")
+    errors = family.declaration_errors() if isinstance(family, PluginFamily) else []
+    if errors:
+        raise ValueError(f"plugin family {family.name!r} {'; '.join(errors)}")
     taken = [t for t in family.model_types if t in _BY_MODEL_TYPE]
     if taken:
         raise ValueError(
             f"family {family.name!r}: model_type {taken} already belongs to {_BY_MODEL_TYPE[taken[0]].name!r}"
         )
-    if isinstance(family, PluginFamily):
-        missing = [
-            f
-            for f in ("fused_qkv", "out_proj", "attention_class", "config_class", "model_classes", "attention_scaling")
-            if not getattr(family, f)
-        ]
-        if missing:
-            raise ValueError(f"plugin family {family.name!r} does not declare {missing}")
     _FAMILIES[family.name] = family
     for model_type in family.model_types:
         _BY_MODEL_TYPE[model_type] = family
