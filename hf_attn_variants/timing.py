@@ -48,6 +48,41 @@ def ratios(times: dict[str, list[float]], baseline: str) -> dict[str, dict[str, 
     return {name: summarize([t / b for t, b in zip(values, base, strict=True)]) for name, values in times.items()}
 
 
+def _rss_field(name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") -> tuple[object, int | None]:
+    """``(fn(), bytes)``: how far memory rose above its level before ``fn`` at its peak while ``fn`` ran.
+
+    On CUDA: allocated device memory (``torch.cuda`` peak statistics). On the CPU: the process's peak
+    resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``); ``None`` where neither exists.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        return result, torch.cuda.max_memory_allocated(device) - before
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets the peak resident set to the current one
+    except OSError:
+        return fn(), None
+    before = _rss_field("VmRSS")
+    result = fn()
+    peak = _rss_field("VmHWM")
+    return result, None if before is None or peak is None else max(0, peak - before)
+
+
 def decode_step(model, batch: int, context: int) -> tuple[Callable[[], None], int]:
     """A callable that runs one decode step of ``model`` at ``context`` cached tokens, and the cache's bytes.
 

@@ -266,9 +266,15 @@ def latency(models: dict, rows: list[dict], cfg: TradeoffConfig) -> None:
     baseline = rows[0]["variant"]  # MHA: the variants are ordered from most K/V heads
     prefills = {label: timing.prefill(model, 1, cfg.prefill_tokens) for label, model in models.items()}
     prefill_times = timing.interleaved(prefills, cfg.rounds, desc="prefill")
-    steps, cache_bytes = {}, {}
+    steps, cache_bytes, peaks = {}, {}, {}
     for label, model in models.items():
-        steps[label], cache_bytes[label] = timing.decode_step(model, cfg.batch, cfg.context)
+
+        def first_step(model=model):
+            step, nbytes = timing.decode_step(model, cfg.batch, cfg.context)
+            step()
+            return step, nbytes
+
+        (steps[label], cache_bytes[label]), peaks[label] = timing.peak_memory(first_step, model.device)
     decode_times = timing.interleaved(steps, cfg.rounds, desc="decode")
     prefill_ratio, decode_ratio = timing.ratios(prefill_times, baseline), timing.ratios(decode_times, baseline)
     for row in rows:
@@ -278,6 +284,7 @@ def latency(models: dict, rows: list[dict], cfg: TradeoffConfig) -> None:
         row["decode_seconds"] = timing.summarize(decode_times[label])
         row["decode_ratio"] = decode_ratio[label]
         row["decode_cache_bytes"] = cache_bytes[label]
+        row["decode_peak_bytes"] = peaks[label]  # measured: memory added by the cache and one decode step
     del steps  # frees the caches
 
 
@@ -296,6 +303,10 @@ def _size(n: float) -> str:
     raise AssertionError
 
 
+def _peak(n: int | None) -> str:
+    return "n/a" if n is None else _size(n)
+
+
 def markdown_table(summary: dict) -> str:
     """The seed's table (Variant | Latency | Memory | Accuracy) with the measured numbers next to the arrows."""
     rows = summary["variants"]
@@ -307,7 +318,8 @@ def markdown_table(summary: dict) -> str:
         f"uptraining: {cfg['uptrain_steps']} steps; kv_init {cfg['kv_init']}.",
         "",
         f"| Variant | Latency (decode step, batch {cfg['batch']}, context {cfg['context']}) | Prefill "
-        f"({cfg['prefill_tokens']} tokens) | Memory (KV cache at {cfg['memory_context']} tokens) | "
+        f"({cfg['prefill_tokens']} tokens) | Memory (KV cache of one sequence at {cfg['memory_context']} tokens; "
+        f"weights; measured peak of a decode step at batch {cfg['batch']}, context {cfg['context']}) | "
         "Accuracy (perplexity, next-token accuracy) |",
         "|---|---|---|---|---|",
     ]
@@ -318,7 +330,8 @@ def markdown_table(summary: dict) -> str:
             f"| {_arrow(d['median'], 1.0, True)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
             f"| {_arrow(p['median'], 1.0, True)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
             f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
-            f"{_size(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA) "
+            f"{_size(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA); "
+            f"weights {_size(r['weights_bytes'])}; decode peak {_peak(r['decode_peak_bytes'])} "
             f"| {_arrow(r['perplexity'], mha['perplexity'], True)} ppl {r['perplexity']:.4g}, "
             f"acc {r['next_token_accuracy']:.1%} |"
         )
@@ -326,7 +339,9 @@ def markdown_table(summary: dict) -> str:
         "",
         "Latency: median per-round ratio to MHA over "
         f"{cfg['rounds']} interleaved rounds [interquartile range]; absolute medians are in tradeoff.json. "
-        "Memory: KV cache of one sequence, in the model's dtype. Arrows compare with MHA (= within 2%).",
+        "Memory: the KV cache in the model's dtype (the formula, checked against a real cache); the decode peak "
+        "is measured (peak resident memory added while the cache is allocated and one step runs; on CUDA, "
+        "allocated device memory). Arrows compare with MHA (= within 2%).",
     ]
     if any("lm_eval" in r for r in rows):
         columns = [

@@ -13,14 +13,16 @@ import hf_attn_variants as hav
 from hf_attn_variants.families.registry import variant_model_classes
 
 from .conftest import (
-    ATTN_IMPLEMENTATIONS,
     FAMILIES,
     HEADS,
+    NATIVE,
     NO_CPU_FLEX,
     NO_SDPA,
     NORM_OVER_KV,
+    PLUGIN,
     cache_bytes,
     family_attn,
+    family_of,
     kv_heads_in_cache,
     native_kv_heads,
     tiny_config,
@@ -38,28 +40,31 @@ def logits(model, input_ids, **kwargs):
 
 @pytest.mark.parametrize("family, attn", family_attn())
 def test_mha_to_mha_reproduces_unmodified_transformers_exactly(family, attn, input_ids):
-    source = tiny_model(family, attn, num_key_value_heads=HEADS) if family != "gpt2" else tiny_model(family, attn)
+    source = tiny_model(family, attn, **({"num_key_value_heads": HEADS} if family_of(family).native else {}))
     converted = hav.convert(source, "mha")
     assert torch.equal(logits(converted, input_ids), logits(source, input_ids))
 
 
-@pytest.mark.parametrize("attn", ATTN_IMPLEMENTATIONS)
-def test_plugin_attention_with_all_heads_reproduces_gpt2_exactly(attn, input_ids):
-    """GPT-2's MHA variant is plain GPT-2; this runs the plugin's own attention with G = H against it."""
-    source = tiny_model("gpt2", attn)
-    variant_class = variant_model_classes(hav.family_for(source.config))[transformers.GPT2LMHeadModel]
+@pytest.mark.parametrize("family, attn", family_attn(PLUGIN))
+def test_plugin_attention_with_all_heads_reproduces_the_family_exactly(family, attn, input_ids):
+    """A plugin family's MHA variant is the family's own model; this runs the plugin's attention with G = H
+    on the family's own checkpoint (so in the family's own layout) against it."""
+    source = tiny_model(family, attn)
+    variant_class = variant_model_classes(hav.family_for(source.config))[type(source)]
     config = variant_class.config_class.from_dict({**source.config.to_dict(), "num_key_value_heads": HEADS})
     variant = variant_class._from_config(config, attn_implementation=attn).eval()
     variant.load_state_dict(source.state_dict())
-    assert type(variant.transformer.h[0].attn).__name__ == "VariantAttention"
+    attention = [m for m in variant.modules() if type(m).__name__ == "VariantAttention"]
+    assert len(attention) == variant.config.num_hidden_layers
     assert torch.equal(logits(variant, input_ids), logits(source, input_ids))
 
 
-@pytest.mark.parametrize("family, attn", family_attn([f for f in FAMILIES if f != "gpt2"]))
+@pytest.mark.parametrize("family, attn", family_attn())
 def test_gqa_to_mha_expansion_is_exact(family, attn, input_ids):
-    source = tiny_model(family, attn)  # GQA-4
+    source = tiny_model(family, attn)  # GQA-4 (native) or MHA, made GQA-4 by the plugin
+    source = source if family_of(family).native else hav.convert(source, "gqa", 4)
     expanded = hav.convert(source, "mha")
-    assert expanded.config.num_key_value_heads == HEADS
+    assert native_kv_heads(expanded) == HEADS
     torch.testing.assert_close(logits(expanded, input_ids), logits(source, input_ids), rtol=0, atol=1e-6)
     if attn == "eager" and family not in NORM_OVER_KV:
         assert torch.equal(logits(expanded, input_ids), logits(source, input_ids))
@@ -81,18 +86,15 @@ def test_mean_pooling_of_equal_heads_is_exact(family, attn, variant, count, inpu
 def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, variant, count, input_ids):
     model = hav.convert(tiny_model(family), variant, count)
     kv = hav.resolve_num_kv_heads(variant, count, HEADS)
-    head_dim = hav.family_for(model.config).head_dim(model.config)
-    n_kv_rows = sum(
-        p.numel() // p.shape[-1] if p.ndim == 2 else 0
+    adapter = hav.family_for(model.config)
+    head_dim = adapter.head_dim(model.config)
+    qkv = adapter.projections("qkv")
+    qkv_rows = sum(
+        p.shape[-1] if adapter.lora_fan_in_fan_out else p.shape[0]  # Conv1D stores (in, out)
         for n, p in model.named_parameters()
-        if n.endswith(("k_proj.weight", "v_proj.weight"))
+        if n.endswith(".weight") and n.removesuffix(".weight").endswith(qkv)
     )
-    if family == "gpt2":
-        assert model.transformer.h[0].attn.c_attn.weight.shape == (64, 64 + 2 * kv * head_dim)
-    elif family == "phi3":
-        assert model.model.layers[0].self_attn.qkv_proj.weight.shape == (64 + 2 * kv * head_dim, 64)
-    else:
-        assert n_kv_rows == 2 * 2 * kv * head_dim  # 2 layers x (k, v)
+    assert qkv_rows == 2 * (HEADS + 2 * kv) * head_dim  # 2 layers x (q, k, v)
     with torch.no_grad():
         out = model(input_ids, use_cache=True)
     assert kv_heads_in_cache(out.cache) == {kv}
@@ -168,7 +170,7 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "gpt2"])
+@pytest.mark.parametrize("family", NATIVE)
 def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(family, input_ids, tmp_path):
     from safetensors.torch import save_file
 
@@ -191,12 +193,13 @@ def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(famil
     assert run.returncode == 0 and "ok" in run.stdout, run.stderr[-2000:]
 
 
+@pytest.mark.parametrize("family", PLUGIN)
 @pytest.mark.parametrize("variant, count", [("gqa", 2), ("mqa", None), ("mha", None)])
-def test_gpt2_variant_round_trips_through_plain_transformers(variant, count, input_ids, tmp_path):
-    model = hav.convert(tiny_model("gpt2"), variant, count)
+def test_plugin_variant_round_trips_through_plain_transformers(family, variant, count, input_ids, tmp_path):
+    model = hav.convert(tiny_model(family), variant, count)
     model.save_pretrained(tmp_path)
-    expected_type = "gpt2" if variant == "mha" else "attn_variant_gpt2"
-    assert model.config.model_type == expected_type
+    model_type = family_of(family).model_types[0]
+    assert model.config.model_type == (model_type if variant == "mha" else f"attn_variant_{model_type}")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert type(reloaded) is type(model)
     assert torch.equal(logits(reloaded, input_ids), logits(model, input_ids))

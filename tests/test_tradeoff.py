@@ -60,6 +60,7 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
         assert 0 <= r["lm_eval"]["hav_pydoc_next_word"]["acc"] <= 1
         assert r["decode_ratio"]["median"] > 0 and r["prefill_ratio"]["median"] > 0
         assert r["decode_cache_bytes"] == r["kv_bytes_per_token"] * 2 * 65  # batch 2, context + 1 slots
+        assert r["decode_peak_bytes"] is not None and r["decode_peak_bytes"] >= 0
     assert rows[0]["decode_ratio"]["median"] == 1.0
     table = (out / "tradeoff.md").read_text()
     assert table.count("\n| ") == 10 and "↓ better" in table  # 2 tables: header + 4 variants; KV memory falls

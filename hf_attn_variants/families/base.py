@@ -331,7 +331,7 @@ class PluginFamily(FamilyAdapter):
         names = [f"{self.attention}.{n}" for n in (*self.qkv, self.out_proj)]
         if self.fused:
             return self._fused_projections(parts, *names)
-        by_letter = dict(zip("qkvo", names))
+        by_letter = dict(zip("qkvo", names, strict=True))
         return tuple(dict.fromkeys(by_letter[p] for p in self._check_parts(parts)))
 
     @property

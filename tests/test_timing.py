@@ -1,0 +1,36 @@
+"""The timing helpers: interleaving, per-round ratios, peak memory, decode steps that do not grow the cache."""
+
+import torch
+
+from hf_attn_variants import timing
+
+from .conftest import tiny_model
+
+
+def test_interleaved_times_every_candidate_each_round_starting_from_a_different_one():
+    order = []
+    times = timing.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]  # warm-up, then a different first each round
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3}
+
+
+def test_ratios_are_per_round_medians():
+    summary = timing.ratios({"base": [1.0, 2.0, 4.0], "fast": [0.5, 1.0, 4.0]}, baseline="base")
+    assert summary["base"]["median"] == 1.0
+    assert summary["fast"]["median"] == 0.5 and summary["fast"]["q3"] >= 0.5
+
+
+def test_peak_memory_sees_a_large_temporary_allocation():
+    result, peak = timing.peak_memory(lambda: torch.ones(16, 1024, 1024).sum().item())  # 64 MiB, then freed
+    assert result == 16 * 1024 * 1024
+    assert peak is not None and 60 * 2**20 < peak < 400 * 2**20
+
+
+def test_decode_step_reads_a_fixed_context_every_call():
+    model = tiny_model("llama")
+    step, nbytes = timing.decode_step(model, batch=2, context=16)
+    assert nbytes == 2 * 2 * 4 * 17 * 8 * 2 * 4  # (k, v) x layers x kv heads x slots x head_dim x batch x fp32
+    for _ in range(3):
+        step()
+    prefill = timing.prefill(model, batch=1, tokens=8)
+    prefill()
