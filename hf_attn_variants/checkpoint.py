@@ -12,7 +12,7 @@ from .auto import AttnVariantForCausalLM
 from .configuration import AttnVariantConfig
 from .default_model import resolve_source, source_name
 from .families import family_for
-from .io import atomic_output_dir, check_output_dir
+from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
 from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ def convert_checkpoint(
     src, gguf_file = resolve_source(src, gguf_file)
     out = check_output_dir(src, out, overwrite)
     located = {"gguf_file": gguf_file} if gguf_file else {}
+    if not gguf_file and Path(src).is_dir():
+        check_checkpoint_folder(src)
     request = AttnVariantConfig.from_pretrained(
         src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **located
     )

@@ -1,8 +1,9 @@
-"""Writing checkpoints without ever leaving a half-written folder or touching the source."""
+"""Reading checkpoints that may be damaged or hostile, and writing without a half-written folder or touching the source."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -50,3 +51,68 @@ def atomic_output_dir(out: str | os.PathLike):
         os.replace(out, old)
     os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+
+
+def check_checkpoint_folder(folder: str | os.PathLike) -> list[Path]:
+    """The safetensors files of the local checkpoint ``folder``, each checked readable; refuse anything else.
+
+    Only safetensors are accepted: pickled weights (``.bin``, ``.pt``...) can run code when loaded. An index
+    may only name files inside ``folder``. Checked: the index parses, no file it names is missing, every
+    header is intact and covers its file (a truncated shard fails here). Flipped bytes inside tensor data
+    cannot be detected: safetensors carries no checksum.
+
+    Raises:
+        ValueError: pickled-only weights, a corrupt index or file, a file name escaping the folder.
+        FileNotFoundError: no weights, or a shard the index names is missing.
+    """
+    folder = Path(folder)
+    index = folder / SAFETENSORS_INDEX
+    if index.is_file():
+        files = [_inside(folder, name, index) for name in _index_files(index)]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ValueError(
+                f"{str(folder)!r} holds only pickled weights {pickled}, which can run code when loaded; they are "
+                "refused: save the model with safetensors (model.save_pretrained(..., safe_serialization=True))"
+            )
+        raise FileNotFoundError(f"{str(folder)!r} holds no safetensors weights")
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"{index.name} names {path.name!r}, which is missing from {str(folder)!r}")
+        _check_safetensors(path)
+    return files
+
+
+def _index_files(index: Path) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ValueError(f"{str(index)!r} is not a valid safetensors index ({type(err).__name__}: {err})") from err
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{str(index)!r}: the weight_map values must be file names")
+    return names
+
+
+def _inside(folder: Path, name: str, index: Path) -> Path:
+    path = (folder / name).resolve()
+    if Path(name).is_absolute() or path.parent != folder.resolve():
+        raise ValueError(f"{index.name} names {name!r}, which lies outside the checkpoint folder; refused")
+    return path
+
+
+def _check_safetensors(path: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as handle:
+            handle.keys()
+    except Exception as err:  # safetensors raises its own SafetensorError, neither OSError nor ValueError
+        raise ValueError(f"{path.name!r} is not a readable safetensors file: {err} (truncated or corrupt?)") from err

@@ -26,6 +26,7 @@ from .convert import convert, drop_gguf_record
 from .data import DEFAULT_DATASET, load_texts, pack, split_blocks
 from .default_model import resolve_source, source_name
 from .families import family_for
+from .io import check_checkpoint_folder
 from .variants import ATTN_VARIANTS, check_kv_init, resolve_num_kv_heads
 
 TRAIN_MODULES = ("all", "kv", "qkvo")
@@ -194,6 +195,8 @@ def load_source(model_args: ModelArguments):
     name = source_name(model_args.model_name_or_path, model_args.gguf_file)
     src, gguf_file = resolve_source(model_args.model_name_or_path, model_args.gguf_file)
     located = {"gguf_file": gguf_file} if gguf_file else {}
+    if not gguf_file and Path(src).is_dir():
+        check_checkpoint_folder(src)  # safetensors only, intact, no index entry outside the folder
     tokenizer = transformers.AutoTokenizer.from_pretrained(src, **located)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
