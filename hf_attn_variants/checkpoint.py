@@ -47,15 +47,20 @@ def convert_checkpoint(
     src, gguf_file = resolve_source(src, gguf_file)
     out = check_output_dir(src, out, overwrite)
     located = {"gguf_file": gguf_file} if gguf_file else {}
-    if not gguf_file and Path(src).is_dir():
-        check_checkpoint_folder(src)
+    files = check_checkpoint_folder(src) if not gguf_file and Path(src).is_dir() else []
     request = AttnVariantConfig.from_pretrained(
         src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **located
     )
+    check_kv_shapes(files, request.base())
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
-    model = AttnVariantForCausalLM.from_pretrained(
-        src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
-    )
+    try:
+        model = AttnVariantForCausalLM.from_pretrained(
+            src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
+        )
+    except RuntimeError as err:  # transformers' report of weights whose shapes do not fit the config
+        raise ValueError(
+            f"the weights of {src!r} do not fit its config (transformers' report is above): {err}"
+        ) from err
     tokenizer = _load_tokenizer(src, located)
     base = request.base()
     card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
@@ -65,6 +70,27 @@ def convert_checkpoint(
             tokenizer.save_pretrained(tmp)
         card.save(tmp / "README.md")
     return out
+
+
+def check_kv_shapes(files: list[Path], config) -> None:
+    """Refuse safetensors ``files`` whose K/V projections do not have the shape ``config`` gives them.
+
+    Reads only the headers: every K/V tensor goes through its family's conversion on the meta device, which
+    checks its rows against the config's K/V heads x head_dim (a wrong ``head_dim`` is caught here, before
+    transformers would fail half-way through loading).
+
+    Raises:
+        ValueError: a K/V tensor's shape does not fit the config.
+    """
+    from safetensors import safe_open
+
+    family = family_for(config)
+    kv = family.num_kv_heads(config)
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                shape = handle.get_slice(key).get_shape()
+                family.convert_tensor(key, torch.empty(shape, device="meta"), config, kv, "first")
 
 
 def _load_tokenizer(src, located: dict):

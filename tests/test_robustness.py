@@ -176,3 +176,22 @@ def test_a_killed_conversion_leaves_no_out_and_a_rerun_succeeds(sharded, tmp_pat
     assert not out.exists()
     assert cli.main(["convert", str(sharded), str(out), "--variant", "mqa"]) == 0
     assert (out / "config.json").is_file()
+
+
+def test_a_head_dim_that_does_not_match_the_weights(tmp_path, capsys):
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    config["head_dim"] = 4  # the weights have head_dim 8
+    (src / "config.json").write_text(json.dumps(config))
+    err = refused(tmp_path, capsys, src, "--variant", "mqa")
+    assert "k_proj.weight: 32 K/V rows, but the config says 4 K/V heads x head_dim 4 = 16" in err
+
+
+def test_query_heads_that_do_not_match_the_weights(tmp_path, capsys):
+    src = tmp_path / "src"
+    tiny_model("llama").save_pretrained(src)
+    config = json.loads((src / "config.json").read_text())
+    config.update(num_attention_heads=4, head_dim=8)  # K/V rows still fit (4 x 8), q_proj (64 rows) does not
+    (src / "config.json").write_text(json.dumps(config))
+    assert "do not fit its config" in refused(tmp_path, capsys, src, "--variant", "mqa")
