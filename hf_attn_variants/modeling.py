@@ -24,12 +24,15 @@ def grouped_eager_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     upcast: bool = False,
+    score_bias: torch.Tensor | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention that reads each K/V head once instead of copying it for every query head.
 
     The H/G query heads of a group are stacked against their shared K/V head, so the cache is never
-    expanded to H heads. With G = H this is exactly transformers' eager attention.
+    expanded to H heads. With G = H this is exactly transformers' eager attention. ``upcast`` computes the
+    scores in float32; ``score_bias`` ``(batch, heads, 1, kv_len)`` is a bias per query head (ALiBi), added
+    to the scores as BLOOM does (``baddbmm``).
     """
     batch, num_heads, q_len, head_dim = query.shape
     num_kv = key.shape[1]
@@ -37,9 +40,21 @@ def grouped_eager_attention(
     if scaling is None:
         scaling = head_dim**-0.5
     stacked = query.reshape(batch, num_kv, group * q_len, head_dim)  # (batch, kv_heads, group * q_len, head_dim)
+    if upcast and score_bias is not None:
+        raise ValueError("grouped_eager_attention: upcast with a score_bias is not implemented")
     if upcast:
         with torch.autocast(query.device.type, enabled=False):
             scores = torch.matmul(stacked.float(), key.float().transpose(-1, -2)) * scaling
+    elif score_bias is not None:
+        kv_len = key.shape[-2]
+        bias = score_bias[..., :kv_len].reshape(batch, num_kv, group, 1, kv_len)  # one row per query head
+        bias = bias.expand(-1, -1, -1, q_len, -1).reshape(batch * num_kv, group * q_len, kv_len)
+        scores = torch.baddbmm(
+            bias,
+            stacked.reshape(batch * num_kv, group * q_len, head_dim),
+            key.reshape(batch * num_kv, kv_len, head_dim).transpose(-1, -2),
+            alpha=scaling,
+        ).view(batch, num_kv, group * q_len, kv_len)
     else:
         scores = torch.matmul(stacked, key.transpose(-1, -2)) * scaling
     scores = scores.view(batch, num_kv, group, q_len, -1)  # (batch, kv_heads, group, q_len, kv_len)
@@ -102,7 +117,7 @@ class VariantAttention(nn.Module):
         self.head_dim = family.head_dim(config)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.scaling = family.attention_scaling(config, self.layer_idx)
-        self.attention_dropout = family.attention_dropout(config)
+        self.attention_dropout_p = family.attention_dropout(config)
         self.upcast = family.eager_upcast(config)
         self.is_causal = True
         kv_rows = self.num_key_value_heads * self.head_dim
@@ -135,11 +150,13 @@ class VariantAttention(nn.Module):
     def forward(
         self,
         hidden_states,
+        residual=None,  # BLOOM's attention adds the residual itself
         cache=None,
         attention_mask=None,
         position_embeddings=None,
         past_key_values=None,
-        layer_past=None,  # GPT-NeoX's name for the cache
+        layer_past=None,  # GPT-NeoX's and BLOOM's name for the cache
+        alibi=None,  # BLOOM: (batch * heads, 1, kv_len), one score bias row per query head
         **kwargs,
     ):
         cache = next((c for c in (cache, past_key_values, layer_past) if c is not None), None)
@@ -161,14 +178,21 @@ class VariantAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, grouped_eager_attention)
-        dropout = self.attention_dropout if self.training else 0.0
+        dropout = self.attention_dropout_p if self.training else 0.0
         extra = {"upcast": self.upcast} if attention is grouped_eager_attention else {}
+        if family.alibi:
+            if attention is not grouped_eager_attention:
+                raise ValueError(f"{family.name} adds ALiBi in its eager attention only, not in {attention.__name__}")
+            extra["score_bias"] = alibi.view(input_shape[0], self.num_heads, 1, -1)  # (batch, heads, 1, kv_len)
         out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
 
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * head_dim)
         out = getattr(self, family.out_proj)(out)
         if family.resid_dropout:
             out = getattr(self, family.resid_dropout)(out)
+        if family.residual_dropout_config:  # BLOOM's dropout_add
+            p = getattr(self.config, family.residual_dropout_config)
+            out = residual + nn.functional.dropout(out, p=p, training=self.training)
         return out, weights
 
 
@@ -201,6 +225,7 @@ def make_variant_model_class(family, base_class: type, config_class: type) -> ty
             "__module__": __name__,
             "config_class": config_class,
             "_attn_variant_base": base_class,
-            "_supports_flex_attn": True,  # VariantAttention dispatches every kernel through ALL_ATTENTION_FUNCTIONS
+            # VariantAttention dispatches every kernel through ALL_ATTENTION_FUNCTIONS; ALiBi is in the eager one only
+            "_supports_flex_attn": not family.alibi,
         },
     )

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
+from hf_attn_variants.families.registry import variant_model_classes
 
 VOCAB = 96
 HEADS = 8
@@ -32,13 +33,12 @@ TINY = {
     "phi3": (transformers.Phi3Config, dict(num_key_value_heads=4)),
     "gpt2": (transformers.GPT2Config, dict()),
     "opt": (transformers.OPTConfig, dict(ffn_dim=128)),
+    "gpt_neox": (transformers.GPTNeoXConfig, dict(rotary_pct=0.5, use_parallel_residual=True)),
+    "gptj": (transformers.GPTJConfig, dict(rotary_dim=4, n_inner=128)),
+    "bloom": (transformers.BloomConfig, dict()),
 }
 FAMILIES = list(TINY)
 ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
-NO_SDPA = {"gemma2"}  # transformers has no sdpa path for them (Gemma 2's soft-capping needs eager)
-# no flex test: transformers has no flex path for StableLM; torch 2.13's CPU inductor fails to compile
-# Gemma 2's soft-capping score_mod (a C++ error in its template)
-NO_CPU_FLEX = {"gemma2", "stablelm"}
 NORM_OVER_KV = {"olmo2"}  # a norm over the whole K projection: expansion is exact math, not bit for bit
 
 
@@ -92,8 +92,20 @@ def family_of(family: str):
     return hav.family_for(tiny_config(family))
 
 
+def variant_class(family: str) -> type:
+    """The causal-LM class of ``family``'s variants: its own (native) or the plugin's subclass of it."""
+    config = tiny_config(family)
+    own = transformers.AutoModelForCausalLM._model_mapping[type(config)]
+    adapter = hav.family_for(config)
+    return own if adapter.native else variant_model_classes(adapter)[own]
+
+
 NATIVE = [f for f in FAMILIES if family_of(f).native]  # tiny models are GQA-4
 PLUGIN = [f for f in FAMILIES if not family_of(f).native]  # tiny models are MHA: the family cannot hold fewer
+# families whose variants transformers gives no sdpa or no flex path (Gemma 2: soft-capping; BLOOM: ALiBi, eager
+# only; StableLM: no flex); and torch 2.13's CPU inductor fails to compile Gemma 2's soft-capping score_mod
+NO_SDPA = {f for f in FAMILIES if not variant_class(f)._supports_sdpa}
+NO_CPU_FLEX = {f for f in FAMILIES if not variant_class(f)._supports_flex_attn} | {"gemma2"}
 
 
 def tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **config_kwargs):

@@ -8,7 +8,7 @@ import transformers
 
 import hf_attn_variants as hav
 
-from .conftest import FAMILIES, HEADS, tiny_model
+from .conftest import FAMILIES, HEADS, NO_SDPA, tiny_model
 
 
 def logits(model, input_ids):
@@ -49,11 +49,12 @@ def test_from_pretrained_converts_like_convert(saved, variant, count, input_ids,
 
 
 def test_from_pretrained_passes_transformers_kwargs(saved):
-    _, src, _ = saved
+    family, src, _ = saved
+    attn = "eager" if family in NO_SDPA else "sdpa"
     model = hav.AutoModelForCausalLM.from_pretrained(
-        src, attn_variant="mqa", dtype=torch.bfloat16, attn_implementation="sdpa"
+        src, attn_variant="mqa", dtype=torch.bfloat16, attn_implementation=attn
     )
-    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == "sdpa"
+    assert model.dtype == torch.bfloat16 and model.config._attn_implementation == attn
 
 
 def test_base_model_from_pretrained(saved):

@@ -45,18 +45,60 @@ def test_mha_to_mha_reproduces_unmodified_transformers_exactly(family, attn, inp
     assert torch.equal(logits(converted, input_ids), logits(source, input_ids))
 
 
-@pytest.mark.parametrize("family, attn", family_attn(PLUGIN))
-def test_plugin_attention_with_all_heads_reproduces_the_family_exactly(family, attn, input_ids):
-    """A plugin family's MHA variant is the family's own model; this runs the plugin's attention with G = H
-    on the family's own checkpoint (so in the family's own layout) against it."""
-    source = tiny_model(family, attn)
+def with_plugin_attention(source):
+    """``source`` (a plugin family's own model) run by the plugin's variant class with G = H K/V heads."""
     variant_class = variant_model_classes(hav.family_for(source.config))[type(source)]
     config = variant_class.config_class.from_dict({**source.config.to_dict(), "num_key_value_heads": HEADS})
-    variant = variant_class._from_config(config, attn_implementation=attn).eval()
-    variant.load_state_dict(source.state_dict())
+    variant = variant_class._from_config(config, attn_implementation=source.config._attn_implementation)
+    variant = variant.to(source.dtype).eval()
+    variant.load_state_dict(source.state_dict())  # the family's own checkpoint, so its own q/k/v layout
     attention = [m for m in variant.modules() if type(m).__name__ == "VariantAttention"]
     assert len(attention) == variant.config.num_hidden_layers
-    assert torch.equal(logits(variant, input_ids), logits(source, input_ids))
+    return variant
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("family, attn", family_attn(PLUGIN))
+def test_plugin_attention_with_all_heads_reproduces_the_family_exactly(family, attn, dtype, input_ids):
+    """A plugin family's MHA variant is the family's own model; this runs the plugin's attention with G = H
+    against it."""
+    source = tiny_model(family, attn).to(dtype)
+    assert torch.equal(logits(with_plugin_attention(source), input_ids), logits(source, input_ids))
+
+
+@pytest.mark.parametrize(
+    "family, options",
+    [
+        ("opt", {"do_layer_norm_before": False, "enable_bias": False}),
+        ("opt", {"word_embed_proj_dim": 32, "_remove_final_layer_norm": True}),
+        ("gpt_neox", {"use_parallel_residual": False, "attention_bias": False, "rotary_pct": 1.0}),
+        ("gpt_neox", {"rotary_pct": 0.25, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
+        ("gptj", {"rotary_dim": 8}),
+        ("bloom", {"apply_residual_connection_post_layernorm": True}),
+    ],
+    ids=str,
+)
+def test_plugin_family_options_are_kept(family, options, input_ids):
+    source = tiny_model(family, **options)
+    assert torch.equal(logits(with_plugin_attention(source), input_ids), logits(source, input_ids))
+    roundtrip = hav.convert(hav.convert(source, "gqa", 2), "mha")
+    assert type(roundtrip) is type(source)
+    again = hav.convert(roundtrip, "gqa", 2)
+    torch.testing.assert_close(logits(again, input_ids), logits(roundtrip, input_ids), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "family, options, message",
+    [
+        *[("gptj", {"rotary_dim": d}, rf"GPT-J with rotary_dim={d} is not supported.*head_dim=8") for d in (0, 3, 16)],
+        ("bloom", {"pretraining_tp": 2, "slow_but_exact": True}, "BLOOM with slow_but_exact=True and pretraining_tp=2"),
+    ],
+)
+def test_configs_a_variant_cannot_reproduce_are_refused(family, options, message):
+    with pytest.raises(ValueError, match=message):
+        hav.AttnVariantConfig.from_base(tiny_config(family, **options), "mqa")
+    with pytest.raises(ValueError, match=message):
+        hav.convert(transformers.AutoModelForCausalLM.from_config(tiny_config(family, **options)), "mha")
 
 
 @pytest.mark.parametrize("family, attn", family_attn())

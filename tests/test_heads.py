@@ -6,9 +6,11 @@ import torch
 from hf_attn_variants.heads import (
     kv_cache_bytes_per_token,
     kv_head_for_query_heads,
+    merge_grouped_qkv,
     regroup_kv_heads,
     source_heads_per_group,
     split_fused,
+    split_grouped_qkv,
 )
 
 
@@ -104,6 +106,50 @@ def test_split_fused_blocks():
     assert q.tolist() == list(range(6)) and k.tolist() == [6, 7] and v.tolist() == [8, 9]
     with pytest.raises(ValueError, match="expected 11 = 6 \\+ 3 \\+ 2"):
         split_fused(torch.arange(10), [6, 3, 2])
+
+
+def interleaved(labels: list[str], head_dim: int = 2) -> tuple[torch.Tensor, dict[str, int]]:
+    """Rows of a fused projection laid out as ``labels`` (one head each), row r of head "k1" labelled
+    code("k1") * 10 + r; returns the rows and the codes."""
+    codes = {name: i + 1 for i, name in enumerate(sorted(set(labels)))}
+    return torch.tensor([codes[name] * 10 + r for name in labels for r in range(head_dim)]), codes
+
+
+def heads_of(rows: torch.Tensor, codes: dict[str, int], head_dim: int = 2) -> list[str]:
+    names = {code: name for name, code in codes.items()}
+    heads = rows.view(-1, head_dim)
+    assert torch.equal(heads % 10, torch.arange(head_dim).expand_as(heads)), "rows of a head were reordered"
+    return [names[int(h[0]) // 10] for h in heads]
+
+
+def test_split_per_head_interleaved_qkv_like_gpt_neox():
+    rows, codes = interleaved(["q0", "k0", "v0", "q1", "k1", "v1", "q2", "k2", "v2", "q3", "k3", "v3"])
+    q, k, v = split_grouped_qkv(rows, num_heads=4, num_kv_heads=4)
+    assert heads_of(q, codes) == ["q0", "q1", "q2", "q3"]
+    assert heads_of(k, codes) == ["k0", "k1", "k2", "k3"]
+    assert heads_of(v, codes) == ["v0", "v1", "v2", "v3"]
+    assert torch.equal(merge_grouped_qkv(q, k, v, num_heads=4), rows)
+
+
+def test_split_and_merge_per_kv_group_interleaved_qkv():
+    rows, codes = interleaved(["q0", "q1", "k0", "v0", "q2", "q3", "k1", "v1"])  # 4 query heads, 2 K/V heads
+    q, k, v = split_grouped_qkv(rows, num_heads=4, num_kv_heads=2)
+    assert heads_of(q, codes) == ["q0", "q1", "q2", "q3"]
+    assert heads_of(k, codes) == ["k0", "k1"] and heads_of(v, codes) == ["v0", "v1"]
+    assert torch.equal(merge_grouped_qkv(q, k, v, num_heads=4), rows)
+    mqa = merge_grouped_qkv(q, k[:2], v[:2], num_heads=4)  # one K/V head: all queries, then k0, v0
+    assert heads_of(mqa, codes) == ["q0", "q1", "q2", "q3", "k0", "v0"]
+
+
+def test_grouped_qkv_keeps_columns_and_checks_row_counts():
+    weight = torch.arange(12 * 2 * 3).view(12 * 2, 3)  # 4 heads, head_dim 2, 3 inputs, per-head interleaved
+    q, k, v = split_grouped_qkv(weight, 4, 4)
+    assert q.shape == k.shape == v.shape == (8, 3)
+    assert torch.equal(k[:2], weight[2:4]) and torch.equal(v[2:4], weight[10:12])
+    with pytest.raises(ValueError, match=r"23 rows, not a multiple of num_heads \+ 2 \* num_kv_heads = 4 \+ 2 \* 4"):
+        split_grouped_qkv(weight[:23], 4, 4)
+    with pytest.raises(ValueError, match="num_key_value_heads=3 must divide num_attention_heads=4"):
+        split_grouped_qkv(weight, 4, 3)
 
 
 def test_kv_cache_bytes_formula():

@@ -1,12 +1,15 @@
 """Family adapters and their registry. Importing this package registers the built-in families."""
 
 from .base import FamilyAdapter, NativeFamily, NativeFusedFamily, PluginFamily
+from .bloom import BLOOM
 from .gpt2 import GPT2
+from .gpt_neox import GPT_NEOX
+from .gptj import GPTJ
 from .native import NATIVE_FAMILIES
 from .opt import OPT
 from .registry import families, families_table, family_for, register_family, supported_model_types
 
-for _family in (*NATIVE_FAMILIES, GPT2, OPT):
+for _family in (*NATIVE_FAMILIES, GPT2, OPT, GPT_NEOX, GPTJ, BLOOM):
     register_family(_family)
 
 __all__ = [

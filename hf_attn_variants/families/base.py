@@ -210,6 +210,11 @@ class NativeFusedFamily(NativeFamily):
         return f"fused `{self.fused_qkv}` (q, k, v blocks)"
 
 
+def head_dim_scaling(config, layer_idx: int) -> float:
+    """The usual score scale of a plugin family: 1/sqrt(head_dim), the same in every layer."""
+    return (config.hidden_size // config.num_attention_heads) ** -0.5
+
+
 QKV_LAYOUTS = ("blocks", "grouped")  # rows of a fused q/k/v projection
 ROTARY_STYLES = (None, "half", "interleaved")
 
@@ -232,6 +237,9 @@ class PluginFamily(FamilyAdapter):
         rotary: ``None``, ``half`` (rotate_half, GPT-NeoX) or ``interleaved`` (rotate_every_two, GPT-J), applied
             to the first ``cos.shape[-1]`` dims of each head, with cos/sin from ``rotary_cos_sin``.
         scale_query: the scale multiplies the projected query and the kernel gets 1.0 (OPT's order).
+        alibi: the layer passes ``alibi``, one score bias row per query head (BLOOM); eager attention only.
+        residual_dropout_config: the attention itself adds the layer's residual (its second argument) after
+            the output projection, with the dropout of this config field (BLOOM's ``dropout_add``).
         attention_scaling: ``(config, layer_idx) -> float``, the factor applied to the attention scores.
         upcast_flag: the config field that asks eager attention to compute scores in float32.
         attention_class: the family's own attention module class, replaced in variant models.
@@ -248,6 +256,8 @@ class PluginFamily(FamilyAdapter):
     conv1d: bool = False
     rotary: str | None = None
     scale_query: bool = False
+    alibi: bool = False
+    residual_dropout_config: str | None = None
     attention_scaling: object = None  # (config, layer_idx) -> float
     upcast_flag: str | None = None
     attention_class: type | None = None
@@ -274,7 +284,7 @@ class PluginFamily(FamilyAdapter):
     def layout(self) -> str:
         if not self.fused:
             return "separate"
-        rows = {"blocks": "q, k, v blocks", "grouped": "interleaved per head; variants: per K/V group"}
+        rows = {"blocks": "q, k, v blocks", "grouped": "[q k v] per head; a variant's: [q .. q k v] per K/V group"}
         return f"fused `{self.attention}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
             ", Conv1D" if self.conv1d else ""
         )
