@@ -6,16 +6,15 @@ import functools
 import json
 import math
 import socket
-import string
 import sys
 
 import pytest
 import torch
-import transformers
-from tokenizers import Tokenizer, decoders, models
 
 import hf_attn_variants as hav
 from hf_attn_variants.lm_eval_support import TASKS_DIR, run_lm_eval
+
+from .conftest import char_tokenizer, tiny_model
 
 TASK = "hav_pydoc_next_word"
 LIMIT = 8
@@ -23,31 +22,12 @@ LIMIT = 8
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    specials = ["<pad>", "<s>", "</s>", "<unk>"]
-    vocab = {token: i for i, token in enumerate(specials + list(string.printable))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return char_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def mqa_model(tokenizer):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=512,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
-    model = hav.convert(transformers.LlamaForCausalLM(config).eval(), "mqa")
+    model = hav.convert(tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=512), "mqa")
     assert model.config.num_key_value_heads == 1
     return model
 

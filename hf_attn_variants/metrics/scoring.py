@@ -198,3 +198,17 @@ def windowed_token_scores(
     finally:
         model.train(was_training)
     return {"nll_sum": nll_sum, "correct": correct, "count": count}
+
+
+def metric_info(description: str, inputs_description: str):
+    """The ``evaluate.MetricInfo`` both metrics share: their texts differ, the one feature does not."""
+    import datasets
+    import evaluate
+
+    return evaluate.MetricInfo(
+        description=description,
+        citation=CITATION,
+        inputs_description=inputs_description,
+        features=datasets.Features({"predictions": datasets.Value("string")}),
+        reference_urls=[GUIDE_URL],
+    )

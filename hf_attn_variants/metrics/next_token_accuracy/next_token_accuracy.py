@@ -1,9 +1,8 @@
 """Next-token accuracy of an in-memory causal LM over texts, read in sliding windows (an offline `evaluate` metric)."""
 
-import datasets
 import evaluate
 
-from hf_attn_variants.metrics.scoring import ARGS_DESCRIPTION, CITATION, GUIDE_URL, windowed_token_scores
+from hf_attn_variants.metrics.scoring import ARGS_DESCRIPTION, metric_info, windowed_token_scores
 
 _DESCRIPTION = """
 Next-token accuracy is the share of a text's tokens that a causal language model's most likely next token
@@ -31,13 +30,7 @@ class NextTokenAccuracy(evaluate.Metric):
 
     def _info(self):
         """The metric's card: description, citation, inputs and the single `predictions` feature."""
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-            reference_urls=[GUIDE_URL],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, model, tokenizer, **options):
         """Score the texts with `windowed_token_scores` (`options` are its keyword arguments)."""

@@ -2,10 +2,9 @@
 
 import math
 
-import datasets
 import evaluate
 
-from hf_attn_variants.metrics.scoring import ARGS_DESCRIPTION, CITATION, GUIDE_URL, windowed_token_scores
+from hf_attn_variants.metrics.scoring import ARGS_DESCRIPTION, metric_info, windowed_token_scores
 
 _DESCRIPTION = """
 Perplexity is the exponentiated mean negative log-likelihood a causal language model gives the tokens of a
@@ -35,13 +34,7 @@ class Perplexity(evaluate.Metric):
 
     def _info(self):
         """The metric's card: description, citation, inputs and the single `predictions` feature."""
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({"predictions": datasets.Value("string")}),
-            reference_urls=[GUIDE_URL],
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION)
 
     def _compute(self, predictions, model, tokenizer, **options):
         """Score the texts with `windowed_token_scores` (`options` are its keyword arguments)."""
