@@ -29,7 +29,8 @@ from .families import family_for
 from .io import check_checkpoint_folder
 from .variants import ATTN_VARIANTS, check_kv_init, resolve_num_kv_heads
 
-TRAIN_MODULES = ("all", "kv", "qkvo")
+TRAINED = {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}
+TRAIN_MODULES = tuple(TRAINED)
 RESULTS_FILE = "uptrain_results.json"
 
 
@@ -264,13 +265,7 @@ def _ranks_seen(trainer: Trainer) -> list[int]:
 
 def describe_uptraining(model_args, uptrain_args, steps: int, tokens: int, seconds: float) -> str:
     """One line for model cards: what was trained, how long, with which loss."""
-    what = (
-        f"LoRA r={model_args.lora_r}"
-        if model_args.use_peft
-        else {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}[
-            uptrain_args.train_modules
-        ]
-    )
+    what = f"LoRA r={model_args.lora_r}" if model_args.use_peft else TRAINED[uptrain_args.train_modules]
     loss = (
         f"distillation from the source (alpha {uptrain_args.distill_alpha}, T {uptrain_args.distill_temperature})"
         if uptrain_args.distill
