@@ -38,7 +38,9 @@ def make_variant_config_class(family) -> type:
         def __post_init__(self, **kwargs):
             if self.num_key_value_heads is None:
                 self.num_key_value_heads = self.num_attention_heads
+            kv_heads = self.num_key_value_heads
             super().__post_init__(**kwargs)
+            self.num_key_value_heads = kv_heads  # GPTBigCode's own __post_init__ derives it from multi_query
 
         def validate_architecture(self):
             super().validate_architecture()

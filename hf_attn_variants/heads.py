@@ -108,7 +108,8 @@ def split_grouped_qkv(rows: torch.Tensor, num_heads: int, num_kv_heads: int) -> 
 
         [q_0 .. q_(H/G-1) k_0 v_0 | q_(H/G) .. q_(2H/G-1) k_1 v_1 | ...]
 
-    With G = H that is GPT-NeoX's (and BLOOM's) per-head ``[q_h k_h v_h] x H``. Returns q
+    With G = H that is GPT-NeoX's (and BLOOM's, GPTBigCode's and old Falcon's MHA) per-head ``[q_h k_h v_h] x H``;
+    with G = 1 it is the ``[q | k | v]`` blocks of GPTBigCode's and Falcon's MQA. Returns q
     ``(H * head_dim, *rest)`` and k, v ``(G * head_dim, *rest)``, each in head order.
     """
     check_head_counts(num_heads, num_kv_heads)

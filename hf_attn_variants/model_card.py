@@ -42,7 +42,9 @@ def render_model_card(
     variant = variant_label(heads, kv_heads)
     expanded = kv_heads >= source_kv_heads
     import_line = (
-        "" if family.native or kv_heads == heads else "import hf_attn_variants  # registers the variant config\n"
+        "import hf_attn_variants  # registers the variant config\n"
+        if str(config.model_type).startswith("attn_variant")
+        else ""
     )
     model_name = f"{source.split(' (')[0]} — {variant}"
     metrics = {k: float(v) for k, v in (metrics or {}).items() if v is not None}

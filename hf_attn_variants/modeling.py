@@ -1,13 +1,15 @@
 """The plugin's attention with G K/V heads, and the variant model classes built around it.
 
-Families that cannot hold fewer K/V heads natively (GPT-2, OPT, GPT-NeoX, GPT-J) get a thin subclass of
-each of their own model classes: it builds the family's model, then swaps each attention module for a
-``VariantAttention`` that reuses the original's children except the projections whose rows depend on the
-K/V heads (k and v, or the fused q/k/v), which it rebuilds for G K/V heads. Module names, and so
-state-dict keys, stay the family's own.
+Families whose own config cannot hold G K/V heads (GPT-2, OPT, GPT-NeoX, GPT-J, BLOOM; GPTBigCode and
+old-architecture Falcon for 1 < G < H) get a thin subclass of each of their own model classes: it builds the
+family's model, then swaps each attention module for a ``VariantAttention`` that reuses the original's children
+except the projections whose rows depend on the K/V heads (k and v, or the fused q/k/v), which it rebuilds for
+G K/V heads. Module names, and so state-dict keys, stay the family's own.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -25,6 +27,7 @@ def grouped_eager_attention(
     dropout: float = 0.0,
     upcast: bool = False,
     score_bias: torch.Tensor | None = None,
+    divide_scores: bool = False,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention that reads each K/V head once instead of copying it for every query head.
@@ -32,7 +35,8 @@ def grouped_eager_attention(
     The H/G query heads of a group are stacked against their shared K/V head, so the cache is never
     expanded to H heads. With G = H this is exactly transformers' eager attention. ``upcast`` computes the
     scores in float32; ``score_bias`` ``(batch, heads, 1, kv_len)`` is a bias per query head (ALiBi), added
-    to the scores as BLOOM does (``baddbmm``).
+    to the scores as BLOOM does (``baddbmm``). ``divide_scores`` divides the scores by sqrt(head_dim) in place of
+    ``scaling`` (Falcon's order; a division and a multiplication differ in the last bit).
     """
     batch, num_heads, q_len, head_dim = query.shape
     num_kv = key.shape[1]
@@ -55,6 +59,8 @@ def grouped_eager_attention(
             key.reshape(batch * num_kv, kv_len, head_dim).transpose(-1, -2),
             alpha=scaling,
         ).view(batch, num_kv, group * q_len, kv_len)
+    elif divide_scores:
+        scores = torch.matmul(stacked, key.transpose(-1, -2)) / math.sqrt(head_dim)
     else:
         scores = torch.matmul(stacked, key.transpose(-1, -2)) * scaling
     scores = scores.view(batch, num_kv, group, q_len, -1)  # (batch, kv_heads, group, q_len, kv_len)
@@ -77,8 +83,8 @@ def resized_projection(proj: nn.Module, out_features: int) -> nn.Module:
     with torch.device(weight.device):
         if isinstance(proj, Conv1D):
             new = Conv1D(out_features, proj.nx)
-        else:
-            new = nn.Linear(proj.in_features, out_features, bias=proj.bias is not None)
+        else:  # the family's own Linear subclass (Falcon's computes ``x @ W.T + b``)
+            new = type(proj)(proj.in_features, out_features, bias=proj.bias is not None)
     return new.to(weight.dtype)
 
 
@@ -179,9 +185,10 @@ class VariantAttention(nn.Module):
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, grouped_eager_attention)
         dropout = self.attention_dropout_p if self.training else 0.0
-        extra = {"upcast": self.upcast} if attention is grouped_eager_attention else {}
+        eager = attention is grouped_eager_attention
+        extra = {"upcast": self.upcast, "divide_scores": family.divide_scores} if eager else {}
         if family.alibi:
-            if attention is not grouped_eager_attention:
+            if not eager:
                 raise ValueError(f"{family.name} adds ALiBi in its eager attention only, not in {attention.__name__}")
             extra["score_bias"] = alibi.view(input_shape[0], self.num_heads, 1, -1)  # (batch, heads, 1, kv_len)
         out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)

@@ -7,7 +7,6 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
-from hf_attn_variants.families.registry import variant_model_classes
 
 VOCAB = 96
 HEADS = 8
@@ -36,6 +35,11 @@ TINY = {
     "gpt_neox": (transformers.GPTNeoXConfig, dict(rotary_pct=0.5, use_parallel_residual=True)),
     "gptj": (transformers.GPTJConfig, dict(rotary_dim=4, n_inner=128)),
     "bloom": (transformers.BloomConfig, dict()),
+    "gpt_bigcode": (
+        transformers.GPTBigCodeConfig,
+        dict(multi_query=True, n_inner=128, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    ),
+    "falcon": (transformers.FalconConfig, dict(new_decoder_architecture=True, num_kv_heads=4, ffn_hidden_size=128)),
 }
 FAMILIES = list(TINY)
 ATTN_IMPLEMENTATIONS = ["eager", "sdpa"]
@@ -92,16 +96,21 @@ def family_of(family: str):
     return hav.family_for(tiny_config(family))
 
 
+def own_config_kwargs(family: str, num_kv_heads: int) -> dict | None:
+    """Config fields that give ``family``'s own tiny model ``num_kv_heads`` K/V heads (``None``: only the plugin can)."""
+    return family_of(family).own_config_values(tiny_config(family), num_kv_heads)
+
+
 def variant_class(family: str) -> type:
-    """The causal-LM class of ``family``'s variants: its own (native) or the plugin's subclass of it."""
+    """The causal-LM class of ``family``'s GQA-2 variants: its own (native) or the plugin's subclass of it."""
     config = tiny_config(family)
     own = transformers.AutoModelForCausalLM._model_mapping[type(config)]
-    adapter = hav.family_for(config)
-    return own if adapter.native else variant_model_classes(adapter)[own]
+    return hav.family_for(config).target_class(own, 2, config)
 
 
 NATIVE = [f for f in FAMILIES if family_of(f).native]  # tiny models are GQA-4
-PLUGIN = [f for f in FAMILIES if not family_of(f).native]  # tiny models are MHA: the family cannot hold fewer
+# tiny models are MHA (the family cannot hold fewer), or one of the K/V head counts a mixed family holds natively
+PLUGIN = [f for f in FAMILIES if not family_of(f).native]
 # families whose variants transformers gives no sdpa or no flex path (Gemma 2: soft-capping; BLOOM: ALiBi, eager
 # only; StableLM: no flex); and torch 2.13's CPU inductor fails to compile Gemma 2's soft-capping score_mod
 NO_SDPA = {f for f in FAMILIES if not variant_class(f)._supports_sdpa}

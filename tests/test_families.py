@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -15,7 +16,6 @@ from hf_attn_variants.families.registry import variant_model_classes
 from .conftest import (
     FAMILIES,
     HEADS,
-    NATIVE,
     NO_CPU_FLEX,
     NO_SDPA,
     NORM_OVER_KV,
@@ -25,6 +25,7 @@ from .conftest import (
     family_of,
     kv_heads_in_cache,
     native_kv_heads,
+    own_config_kwargs,
     tiny_config,
     tiny_model,
 )
@@ -40,7 +41,7 @@ def logits(model, input_ids, **kwargs):
 
 @pytest.mark.parametrize("family, attn", family_attn())
 def test_mha_to_mha_reproduces_unmodified_transformers_exactly(family, attn, input_ids):
-    source = tiny_model(family, attn, **({"num_key_value_heads": HEADS} if family_of(family).native else {}))
+    source = tiny_model(family, attn, **own_config_kwargs(family, HEADS))
     converted = hav.convert(source, "mha")
     assert torch.equal(logits(converted, input_ids), logits(source, input_ids))
 
@@ -62,7 +63,7 @@ def with_plugin_attention(source):
 def test_plugin_attention_with_all_heads_reproduces_the_family_exactly(family, attn, dtype, input_ids):
     """A plugin family's MHA variant is the family's own model; this runs the plugin's attention with G = H
     against it."""
-    source = tiny_model(family, attn).to(dtype)
+    source = tiny_model(family, attn, **own_config_kwargs(family, HEADS)).to(dtype)
     assert torch.equal(logits(with_plugin_attention(source), input_ids), logits(source, input_ids))
 
 
@@ -75,6 +76,16 @@ def test_plugin_attention_with_all_heads_reproduces_the_family_exactly(family, a
         ("gpt_neox", {"rotary_pct": 0.25, "rope_scaling": {"rope_type": "linear", "factor": 2.0}}),
         ("gptj", {"rotary_dim": 8}),
         ("bloom", {"apply_residual_connection_post_layernorm": True}),
+        ("gpt_bigcode", {"multi_query": False, "scale_attn_weights": False}),
+        (
+            "falcon",
+            {
+                "new_decoder_architecture": False,
+                "multi_query": False,
+                "num_kv_heads": HEADS,
+                "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+            },
+        ),
     ],
     ids=str,
 )
@@ -92,6 +103,12 @@ def test_plugin_family_options_are_kept(family, options, input_ids):
     [
         *[("gptj", {"rotary_dim": d}, rf"GPT-J with rotary_dim={d} is not supported.*head_dim=8") for d in (0, 3, 16)],
         ("bloom", {"pretraining_tp": 2, "slow_but_exact": True}, "BLOOM with slow_but_exact=True and pretraining_tp=2"),
+        ("falcon", {"alibi": True}, "Falcon with alibi=True is not supported"),
+        (
+            "falcon",
+            {"new_decoder_architecture": False, "multi_query": False, "num_kv_heads": 4},
+            "Falcon with new_decoder_architecture=False, multi_query=False and num_kv_heads=4",
+        ),
     ],
 )
 def test_configs_a_variant_cannot_reproduce_are_refused(family, options, message):
@@ -99,6 +116,49 @@ def test_configs_a_variant_cannot_reproduce_are_refused(family, options, message
         hav.AttnVariantConfig.from_base(tiny_config(family, **options), "mqa")
     with pytest.raises(ValueError, match=message):
         hav.convert(transformers.AutoModelForCausalLM.from_config(tiny_config(family, **options)), "mha")
+
+
+# the native layouts of the mixed families that their TINY line does not cover
+OTHER_NATIVE_LAYOUTS = [
+    ("gpt_bigcode", {"multi_query": False}),
+    ("falcon", {"new_decoder_architecture": False, "multi_query": True}),
+    (
+        "falcon",
+        {
+            "new_decoder_architecture": False,
+            "multi_query": False,
+            "num_kv_heads": HEADS,
+            "parallel_attn": False,
+            "bias": True,
+        },
+    ),
+    ("falcon", {"num_kv_heads": 2, "num_ln_in_parallel_attn": 1, "bias": True}),
+]
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("family, options", OTHER_NATIVE_LAYOUTS, ids=str)
+def test_other_native_layouts_of_mixed_families(family, options, attn, input_ids, tmp_path):
+    source = tiny_model(family, attn, **options)
+    src_kv = native_kv_heads(source)
+    assert torch.equal(logits(hav.convert(source, None, src_kv), input_ids), logits(source, input_ids))
+    if src_kv == HEADS:
+        assert torch.equal(logits(with_plugin_attention(source), input_ids), logits(source, input_ids))
+    expanded = hav.convert(source, "mha")
+    torch.testing.assert_close(logits(expanded, input_ids), logits(source, input_ids), rtol=0, atol=1e-6)
+    for kv in (1, 2, 4, HEADS):
+        model = hav.convert(expanded, None, kv)
+        own = hav.family_for(source.config).own_config_values(source.config, kv)
+        assert model.config.model_type == (family if own is not None else f"attn_variant_{family}")
+        assert native_kv_heads(model) == kv and all(getattr(model.config, f) == v for f, v in (own or {}).items())
+        pooled_back = hav.convert(hav.convert(model, "mha"), None, kv)  # mean of equal heads
+        torch.testing.assert_close(logits(pooled_back, input_ids), logits(model, input_ids), rtol=0, atol=2e-6)
+        model.save_pretrained(tmp_path / str(kv))
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / str(kv), attn_implementation=attn)
+        assert type(reloaded) is type(model)
+        assert torch.equal(logits(reloaded.eval(), input_ids), logits(model, input_ids))
+        kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(model.generate(input_ids, **kwargs), model.generate(input_ids, use_cache=False, **kwargs))
 
 
 @pytest.mark.parametrize("family, attn", family_attn())
@@ -179,7 +239,7 @@ def test_eager_and_sdpa_agree(family, variant, count, input_ids):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("kv_init", hav.KV_INIT_METHODS)
 def test_kv_init_methods_differ_and_are_deterministic(family, kv_init, input_ids):
-    source = tiny_model(family)
+    source = tiny_model(family, **own_config_kwargs(family, HEADS))  # H distinct K/V heads to pool
     a = logits(hav.convert(source, "mqa", kv_init=kv_init, seed=3), input_ids)
     b = logits(hav.convert(source, "mqa", kv_init=kv_init, seed=3), input_ids)
     assert torch.equal(a, b)
@@ -198,7 +258,7 @@ def test_conversion_keeps_dtype_and_shares_unchanged_tensors(family):
 
 
 RELOAD_WITHOUT_PLUGIN = """
-import sys, torch, transformers
+import json, sys, torch, transformers
 from safetensors.torch import load_file
 assert "hf_attn_variants" not in sys.modules
 model = transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1], attn_implementation="eager").eval()
@@ -206,17 +266,19 @@ assert "hf_attn_variants" not in sys.modules
 data = load_file(sys.argv[2])
 with torch.no_grad():
     out = model(data["input_ids"]).logits
-assert model.config.num_key_value_heads == int(sys.argv[3]), model.config.num_key_value_heads
+for field, value in json.loads(sys.argv[3]).items():
+    assert getattr(model.config, field) == value, (field, getattr(model.config, field))
 assert torch.equal(out, data["logits"]), (out - data["logits"]).abs().max()
 print("ok")
 """
 
 
-@pytest.mark.parametrize("family", NATIVE)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if own_config_kwargs(f, 1) is not None])
 def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(family, input_ids, tmp_path):
+    """MQA, wherever the family's own config can hold it, is saved as the family's own model."""
     from safetensors.torch import save_file
 
-    model = hav.convert(tiny_model(family), "mqa")
+    model = hav.convert(tiny_model(family, **own_config_kwargs(family, HEADS)), "mqa")
     model.save_pretrained(tmp_path / "model")
     assert model.config.model_type == family
     save_file({"input_ids": input_ids, "logits": logits(model, input_ids)}, str(tmp_path / "expected.safetensors"))
@@ -227,7 +289,7 @@ def test_native_variant_reloads_in_a_process_that_never_imports_the_plugin(famil
             RELOAD_WITHOUT_PLUGIN,
             str(tmp_path / "model"),
             str(tmp_path / "expected.safetensors"),
-            "1",
+            json.dumps(own_config_kwargs(family, 1)),
         ],
         capture_output=True,
         text=True,
@@ -241,7 +303,8 @@ def test_plugin_variant_round_trips_through_plain_transformers(family, variant, 
     model = hav.convert(tiny_model(family), variant, count)
     model.save_pretrained(tmp_path)
     model_type = family_of(family).model_types[0]
-    assert model.config.model_type == (model_type if variant == "mha" else f"attn_variant_{model_type}")
+    own = own_config_kwargs(family, hav.resolve_num_kv_heads(variant, count, HEADS)) is not None
+    assert model.config.model_type == (model_type if own else f"attn_variant_{model_type}")
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
     assert type(reloaded) is type(model)
     assert torch.equal(logits(reloaded, input_ids), logits(model, input_ids))

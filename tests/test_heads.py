@@ -141,6 +141,15 @@ def test_split_and_merge_per_kv_group_interleaved_qkv():
     assert heads_of(mqa, codes) == ["q0", "q1", "q2", "q3", "k0", "v0"]
 
 
+def test_one_kv_group_is_the_blocks_layout_of_gpt_bigcode_and_falcon_mqa():
+    rows, codes = interleaved(["q0", "q1", "q2", "q3", "k0", "v0"])  # c_attn / query_key_value with multi_query
+    q, k, v = split_grouped_qkv(rows, num_heads=4, num_kv_heads=1)
+    assert heads_of(q, codes) == ["q0", "q1", "q2", "q3"] and heads_of(k, codes) == ["k0"]
+    assert heads_of(v, codes) == ["v0"]
+    assert all(torch.equal(a, b) for a, b in zip((q, k, v), split_fused(rows, [8, 2, 2]), strict=True))
+    assert torch.equal(merge_grouped_qkv(q, k, v, num_heads=4), rows)
+
+
 def test_grouped_qkv_keeps_columns_and_checks_row_counts():
     weight = torch.arange(12 * 2 * 3).view(12 * 2, 3)  # 4 heads, head_dim 2, 3 inputs, per-head interleaved
     q, k, v = split_grouped_qkv(weight, 4, 4)

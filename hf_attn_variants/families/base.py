@@ -124,8 +124,17 @@ class FamilyAdapter:
     def _target_config(self, config, dst_kv):
         raise NotImplementedError
 
+    def own_config_values(self, config, dst_kv) -> dict | None:
+        """The fields of the family's own config that give it ``dst_kv`` K/V heads, or ``None`` where it cannot."""
+        raise NotImplementedError
+
     def target_class(self, model_class: type, dst_kv: int, config) -> type:
         raise NotImplementedError
+
+    @property
+    def saved_as(self) -> str:
+        """How a variant is saved, for the README's table."""
+        return "native (own model_type, fewer K/V heads)"
 
     @staticmethod
     def config_values(config) -> dict:
@@ -175,10 +184,11 @@ class NativeFamily(FamilyAdapter):
         names = {"q": self.q_projection, "k": k, "v": v, "o": self.o_projection}
         return tuple(dict.fromkeys(names[p] for p in self._check_parts(parts)))
 
+    def own_config_values(self, config, dst_kv):
+        return {"num_key_value_heads": dst_kv}
+
     def _target_config(self, config, dst_kv):
-        target = config.__class__.from_dict(self.config_values(config))
-        target.num_key_value_heads = dst_kv
-        return target
+        return config.__class__.from_dict({**self.config_values(config), **self.own_config_values(config, dst_kv)})
 
     def target_class(self, model_class, dst_kv, config):
         return model_class
@@ -241,6 +251,8 @@ class PluginFamily(FamilyAdapter):
         residual_dropout_config: the attention itself adds the layer's residual (its second argument) after
             the output projection, with the dropout of this config field (BLOOM's ``dropout_add``).
         attention_scaling: ``(config, layer_idx) -> float``, the factor applied to the attention scores.
+        divide_scores: eager attention divides the scores by sqrt(head_dim) instead of multiplying them by
+            ``attention_scaling`` (Falcon's ``/= sqrt(head_dim)``; the two differ in the last bit).
         upcast_flag: the config field that asks eager attention to compute scores in float32.
         attention_class: the family's own attention module class, replaced in variant models.
         model_classes: the family's model classes that get a variant subclass.
@@ -259,6 +271,7 @@ class PluginFamily(FamilyAdapter):
     alibi: bool = False
     residual_dropout_config: str | None = None
     attention_scaling: object = None  # (config, layer_idx) -> float
+    divide_scores: bool = False
     upcast_flag: str | None = None
     attention_class: type | None = None
     model_classes: tuple[type, ...] = ()
@@ -348,21 +361,35 @@ class PluginFamily(FamilyAdapter):
     def lora_fan_in_fan_out(self) -> bool:
         return self.conv1d
 
+    @property
+    def saved_as(self) -> str:
+        return f"plugin config `{self.variant_model_type}` (MHA: plain `{self.model_types[0]}`)"
+
+    def own_config_values(self, config, dst_kv):
+        """MHA is the family's own model (no plugin needed to load it); other head counts need the plugin."""
+        return {} if dst_kv == self.num_heads(config) else None
+
     def _target_config(self, config, dst_kv):
         from .registry import variant_config_class
 
         values = self.config_values(config)
         values.pop("model_type", None)
-        if dst_kv == self.num_heads(config):  # MHA is the family's own model: no plugin needed to load it
+        own = self.own_config_values(config, dst_kv)
+        if own is not None:
             values.pop("num_key_value_heads", None)
-            return self.config_class.from_dict(values)
+            return self.config_class.from_dict({**values, **own})
+        values.update(self.plugin_config_values(config, dst_kv))
         return variant_config_class(self).from_dict({**values, "num_key_value_heads": dst_kv})
+
+    def plugin_config_values(self, config, dst_kv) -> dict:
+        """Fields of the family's own config to set in a plugin variant's config (its own K/V head flags)."""
+        return {}
 
     def target_class(self, model_class, dst_kv, config):
         from .registry import variant_model_classes
 
         base = getattr(model_class, "_attn_variant_base", model_class)
-        if dst_kv == self.num_heads(config):
+        if self.own_config_values(config, dst_kv) is not None:
             return base
         variants = variant_model_classes(self)
         if base not in variants:
@@ -371,3 +398,38 @@ class PluginFamily(FamilyAdapter):
                 f"{sorted(c.__name__ for c in variants)}"
             )
         return variants[base]
+
+
+@dataclass(frozen=True)
+class MixedFamily(PluginFamily):
+    """A plugin family whose own config holds some K/V head counts (a ``multi_query`` flag, a K/V head field).
+
+    A variant whose G the family's own config can hold is saved as the family's own model; any other G runs
+    the plugin's ``VariantAttention`` under the plugin's config, exactly as for a ``PluginFamily``. Subclasses
+    say which G their config holds in ``own_config_values``.
+
+    Attributes:
+        own_counts: the G the family's own config holds, for the README's table.
+    """
+
+    own_counts: str = ""
+
+    def num_kv_heads(self, config) -> int:
+        if config.model_type == self.variant_model_type:
+            return config.num_key_value_heads
+        return self.own_kv_heads(config)
+
+    def own_kv_heads(self, config) -> int:
+        """The K/V heads of the family's own config (read off its flags, not ``num_key_value_heads``)."""
+        raise NotImplementedError
+
+    @property
+    def layout(self) -> str:
+        return (
+            f"fused `{self.attention}.{self.qkv[0]}`, [q .. q k v] per K/V group "
+            "(MHA: [q k v] per head; MQA: [q | k | v] blocks)"
+        )
+
+    @property
+    def saved_as(self) -> str:
+        return f"native for {self.own_counts}; other G: plugin config `{self.variant_model_type}`"

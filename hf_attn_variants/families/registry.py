@@ -77,12 +77,8 @@ def families_table() -> str:
     """The README's table of supported families, as Markdown, generated from the registry."""
     lines = ["| family | model_type | saved as | q/k/v projections | notes |", "|---|---|---|---|---|"]
     for family in families():
-        if family.native:
-            saved = "native (own model_type, fewer K/V heads)"
-        else:
-            saved = f"plugin config `{family.variant_model_type}` (MHA: plain `{family.model_types[0]}`)"
         types = ", ".join(f"`{t}`" for t in family.model_types)
-        lines.append(f"| {family.name} | {types} | {saved} | {family.layout} | {family.notes} |")
+        lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
     return "\n".join(lines)
 
 
