@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--dtype", choices=CACHE_DTYPES, default="bfloat16")
     plan.add_argument("--gguf-file", help="the GGUF file inside SRC")
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    plan.add_argument("--budget", help="memory for the cache, e.g. 8GiB: the largest batch per variant")
+    plan.add_argument(
+        "--allocate", action="store_true", help="with --budget: really allocate that batch's cache (on the CPU)"
+    )
 
     trade = commands.add_parser("tradeoff", help="the trade-off table: latency, memory and quality per variant")
     trade.add_argument("src", metavar="SRC", nargs="?", default="smollm2", help="default: smollm2")
@@ -135,13 +139,22 @@ def _kv_cache(args) -> int:
     from transformers import AutoConfig
 
     from .default_model import resolve_source
-    from .kv_cache import kv_cache_plan
+    from .kv_cache import kv_cache_plan, largest_batch, parse_size
     from .variants import parse_variant_list
 
     variants = parse_variant_list(args.variants)
     src, gguf_file = resolve_source(args.src, args.gguf_file)
     config = AutoConfig.from_pretrained(src, **({"gguf_file": gguf_file} if gguf_file else {}))
     rows = kv_cache_plan(config, variants, args.seq_len, args.batch, args.dtype)
+    if args.budget:
+        budget = parse_size(args.budget)
+        device = "cpu" if args.allocate else "meta"
+        for row in rows:
+            row["budget"] = {
+                "bytes": budget,
+                "allocated_on": device,
+                **largest_batch(config, row["num_key_value_heads"], args.seq_len, budget, args.dtype, device),
+            }
     if args.json:
         print(
             json.dumps(
@@ -157,13 +170,19 @@ def _kv_cache(args) -> int:
         )
         return 0
     print(f"KV cache of {args.src}: {args.seq_len} tokens x batch {args.batch}, {args.dtype}")
-    print(f"{'variant':<10} {'K/V heads':>9} {'per token':>12} {'total':>12} {'vs MHA':>7}")
+    budget_header = f" {'max batch':>9} {'its cache':>12}" if args.budget else ""
+    print(f"{'variant':<10} {'K/V heads':>9} {'per token':>12} {'total':>12} {'vs MHA':>7}{budget_header}")
     for row in rows:
         mark = "  (source)" if row["source"] else ""
+        fit = row.get("budget")
+        budget_cells = f" {fit['max_batch']:>9} {_size(fit['allocated_bytes']):>12}" if fit else ""
         print(
             f"{row['variant']:<10} {row['num_key_value_heads']:>9} {_size(row['bytes_per_token']):>12} "
-            f"{_size(row['total_bytes']):>12} {row['fraction_of_mha']:>7.3f}{mark}"
+            f"{_size(row['total_bytes']):>12} {row['fraction_of_mha']:>7.3f}{budget_cells}{mark}"
         )
+    if args.budget:
+        how = "allocated on the CPU" if args.allocate else "transformers' StaticCache built on the meta device"
+        print(f"max batch: the most sequences of {args.seq_len} tokens whose cache fits {args.budget} ({how})")
     return 0
 
 

@@ -9,6 +9,23 @@ from .heads import kv_cache_bytes_per_token
 from .variants import resolve_num_kv_heads, variant_label
 
 CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
+SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
+              "TiB": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``"8GiB"``, ``"512 MiB"``, ``"1.5GB"`` or ``"1000000"``.
+
+    Raises:
+        ValueError: not a positive number followed by one of the units.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2) if match else None
+    if match is None or (unit and unit not in SIZE_UNITS) or float(match.group(1)) <= 0:
+        raise ValueError(f"size {text!r} is not a positive number with a unit from {list(SIZE_UNITS)}")
+    return int(float(match.group(1)) * SIZE_UNITS[unit or "B"])
 
 
 def dtype_bytes(dtype: str | torch.dtype) -> int:
@@ -70,3 +87,43 @@ def kv_cache_plan(
             }
         )
     return rows
+
+
+def allocated_cache_bytes(config, num_key_value_heads: int, seq_len: int, batch: int, dtype, device="meta") -> int:
+    """Bytes of the ``StaticCache`` transformers allocates for this variant, ``batch`` x ``seq_len`` tokens.
+
+    The cache is built by transformers from the variant's own config and initialised layer by layer with
+    the variant's K/V shapes, on ``device`` (``meta``: shapes only, nothing allocated; ``cpu``/``cuda``:
+    really allocated, zero-filled so the pages are committed).
+    """
+    from transformers import StaticCache
+
+    family = family_for(config)
+    target = family.target_config(config, num_key_value_heads)
+    cache = StaticCache(config=target, max_cache_len=seq_len)
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    kv = torch.zeros(batch, num_key_value_heads, 1, family.head_dim(config), dtype=dtype, device=device)
+    for layer in cache.layers:
+        layer.lazy_initialization(kv, kv)
+        if device != "meta":
+            layer.keys.zero_()
+            layer.values.zero_()
+    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    del cache
+    return nbytes
+
+
+def largest_batch(config, num_key_value_heads: int, seq_len: int, budget: int, dtype, device="meta") -> dict:
+    """The largest batch whose cache (as transformers allocates it) fits ``budget`` bytes, checked by allocating.
+
+    Returns ``{"max_batch", "allocated_bytes", "next_batch_bytes"}``: the plan's batch, the bytes of its cache
+    allocated on ``device``, and the bytes one more sequence would need (over ``budget``).
+    """
+    per_sequence = allocated_cache_bytes(config, num_key_value_heads, seq_len, 1, dtype, "meta")
+    batch = budget // per_sequence
+    allocated = allocated_cache_bytes(config, num_key_value_heads, seq_len, batch, dtype, device) if batch else 0
+    return {
+        "max_batch": batch,
+        "allocated_bytes": allocated,
+        "next_batch_bytes": allocated_cache_bytes(config, num_key_value_heads, seq_len, batch + 1, dtype, "meta"),
+    }

@@ -193,3 +193,25 @@ def test_interrupted_conversion_leaves_no_out_and_a_rerun_succeeds(src, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
     monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", original)
     assert run("convert", src, tmp_path / "out", "--variant", "mqa") == 0
+
+
+@pytest.mark.parametrize("allocate", [False, True])
+def test_kv_cache_largest_batch_for_a_budget(src, capsys, allocate):
+    """Largest batch per variant whose cache fits the budget, checked against transformers' own StaticCache."""
+    seq_len, budget = 64, 100_000
+    argv = ["kv-cache", src, "--variants", "mha,gqa:2,mqa", "--seq-len", seq_len, "--budget", "100KB", "--json"]
+    assert run(*argv, *(["--allocate"] if allocate else [])) == 0
+    rows = json.loads(capsys.readouterr().out)["variants"]
+    for row in rows:
+        fit = row["budget"]
+        per_sequence = kv_cache_bytes_per_token(2, row["num_key_value_heads"], 8, 2) * seq_len  # 2 layers, bf16
+        assert fit["max_batch"] == budget // per_sequence
+        assert fit["allocated_bytes"] == fit["max_batch"] * per_sequence <= budget < fit["next_batch_bytes"]
+        assert fit["allocated_on"] == ("cpu" if allocate else "meta")
+    assert [r["budget"]["max_batch"] for r in rows] == [3, 12, 24]  # 32 KiB, 8 KiB, 4 KiB per sequence
+
+
+@pytest.mark.parametrize("size", ["8XB", "1.5 PB", "GiB", "0"])
+def test_kv_cache_bad_budget_exits_2(src, capsys, size):
+    assert run("kv-cache", src, "--variants", "mqa", "--budget", size) == 2
+    assert f"size '{size}' is not a positive number" in capsys.readouterr().err
