@@ -51,8 +51,17 @@ def convert_checkpoint(
     request = AttnVariantConfig.from_pretrained(
         src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **located
     )
-    check_kv_shapes(files, request.base())
+    base = request.base()
+    check_kv_shapes(files, base)
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    if files:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
+        from .streaming import NotStreamable
+
+        try:
+            return _convert_streaming(src, files, base, out, name, attn_variant, num_key_value_heads, kv_init, seed,
+                                      None if dtype == "auto" else torch_dtype)  # fmt: skip
+        except NotStreamable as why:
+            logger.warning("converting in memory: %s", why)
     try:
         model = AttnVariantForCausalLM.from_pretrained(
             src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
@@ -62,12 +71,25 @@ def convert_checkpoint(
             f"the weights of {src!r} do not fit its config (transformers' report is above): {err}"
         ) from err
     tokenizer = _load_tokenizer(src, located)
-    base = request.base()
     card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
     with atomic_output_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        card.save(tmp / "README.md")
+    return out
+
+
+def _convert_streaming(src, files, config, out, name, attn_variant, num_key_value_heads, kv_init, seed, dtype):
+    from types import SimpleNamespace
+
+    from .streaming import stream_convert
+
+    with atomic_output_dir(out) as tmp:
+        target = stream_convert(
+            Path(src), files, config, tmp, attn_variant, num_key_value_heads, kv_init, seed, dtype=dtype
+        )
+        card = render_model_card(SimpleNamespace(config=target), name, family_for(config).num_kv_heads(config), kv_init)
         card.save(tmp / "README.md")
     return out
 

@@ -181,17 +181,19 @@ def test_pickled_checkpoint_is_refused(src, tmp_path, capsys):
 
 
 def test_interrupted_conversion_leaves_no_out_and_a_rerun_succeeds(src, tmp_path, monkeypatch):
-    original = transformers.PreTrainedModel.save_pretrained
+    from hf_attn_variants import streaming
 
-    def crash(self, folder, *args, **kwargs):
-        original(self, folder, *args, **kwargs)
+    original = streaming._save
+
+    def crash(tensors, path, metadata):
+        original(tensors, path, metadata)
         raise KeyboardInterrupt("killed mid-way")
 
-    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", crash)
+    monkeypatch.setattr(streaming, "_save", crash)
     with pytest.raises(KeyboardInterrupt):
         run("convert", src, tmp_path / "out", "--variant", "mqa")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", original)
+    monkeypatch.setattr(streaming, "_save", original)
     assert run("convert", src, tmp_path / "out", "--variant", "mqa") == 0
 
 

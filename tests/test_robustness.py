@@ -127,12 +127,12 @@ def test_a_dataset_with_no_text(tmp_path, capsys):
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
 def test_full_or_read_only_disk(sharded, tmp_path, capsys, monkeypatch, code):
     """The disk fills up (or turns out read-only) while the weights are written: the partial folder goes."""
-    import transformers.modeling_utils
+    from hf_attn_variants import streaming
 
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", fail)  # what save_pretrained calls
+    monkeypatch.setattr(streaming, "_save", fail)  # where the converted shards are written
     err = refused(tmp_path, capsys, sharded, "--variant", "mqa")
     assert os.strerror(code) in err
 
@@ -154,14 +154,14 @@ def test_a_killed_conversion_leaves_no_out_and_a_rerun_succeeds(sharded, tmp_pat
     """SIGKILL while the output is being written (not a Python exception: nothing can clean up)."""
     out = tmp_path / "out"
     script = (
-        "import sys, time, transformers\n"
-        "from hf_attn_variants import cli\n"
-        "save = transformers.PreTrainedModel.save_pretrained\n"
-        "def slow(self, *a, **k):\n"
-        "    save(self, *a, **k)\n"
+        "import sys, time\n"
+        "from hf_attn_variants import cli, streaming\n"
+        "save = streaming._save\n"
+        "def slow(*a):\n"
+        "    save(*a)\n"
         "    print('written', flush=True)\n"
         "    time.sleep(60)\n"
-        "transformers.PreTrainedModel.save_pretrained = slow\n"
+        "streaming._save = slow\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     process = subprocess.Popen(
@@ -194,4 +194,5 @@ def test_query_heads_that_do_not_match_the_weights(tmp_path, capsys):
     config = json.loads((src / "config.json").read_text())
     config.update(num_attention_heads=4, head_dim=8)  # K/V rows still fit (4 x 8), q_proj (64 rows) does not
     (src / "config.json").write_text(json.dumps(config))
-    assert "do not fit its config" in refused(tmp_path, capsys, src, "--variant", "mqa")
+    err = refused(tmp_path, capsys, src, "--variant", "mqa")
+    assert "would have shape [64, 64], but a LlamaForCausalLM of this config needs [64, 32]" in err
