@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup main test lint format
+.PHONY: setup main test lint format bench
 
 $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,12 @@ main: setup
 test: setup
 	$(BIN)/python -m pytest -ra
 
+bench: setup
+	$(BIN)/python bench/streaming_conversion.py --json_out out/bench/streaming_conversion.json
+
 lint: setup
-	$(BIN)/ruff check hf_attn_variants tests scripts
-	$(BIN)/ruff format --check hf_attn_variants tests scripts
+	$(BIN)/ruff check hf_attn_variants tests scripts bench
+	$(BIN)/ruff format --check hf_attn_variants tests scripts bench
 
 format: setup
 	$(BIN)/ruff format hf_attn_variants tests scripts
