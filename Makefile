@@ -22,6 +22,7 @@ test: setup
 	$(BIN)/python -m pytest -ra
 
 bench: setup
+	$(BIN)/python bench/decode.py --json_out out/bench/decode.json
 	$(BIN)/python bench/streaming_conversion.py --json_out out/bench/streaming_conversion.json
 
 lint: setup
