@@ -20,6 +20,11 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
+def dtype_from_name(name: str):
+    """The ``dtype`` argument of ``from_pretrained`` for one of ``DTYPES`` (``"auto"`` stays a string)."""
+    return name if name == "auto" else getattr(torch, name)
+
+
 def convert_checkpoint(
     src: str,
     out: str | os.PathLike,
@@ -53,7 +58,7 @@ def convert_checkpoint(
     )
     base = request.base()
     check_kv_shapes(files, base)
-    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    torch_dtype = dtype_from_name(dtype)
     if files:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
         from .streaming import NotStreamable
 

@@ -119,10 +119,9 @@ def _tradeoff(args) -> int:
     from .tradeoff import FILES, TradeoffConfig, run_tradeoff
 
     options = {k: v for k, v in vars(args).items() if k != "command"}
-    summary = run_tradeoff(TradeoffConfig(**options))
+    run_tradeoff(TradeoffConfig(**options))
     print((Path(args.out) / "tradeoff.md").read_text())
     print(f"wrote {', '.join(str(Path(args.out) / f) for f in FILES)} and a model card per variant")
-    del summary
     return 0
 
 
@@ -139,7 +138,7 @@ def _kv_cache(args) -> int:
     from transformers import AutoConfig
 
     from .default_model import resolve_source
-    from .kv_cache import kv_cache_plan, largest_batch, parse_size
+    from .kv_cache import format_bytes, kv_cache_plan, largest_batch, parse_size
     from .variants import parse_variant_list
 
     variants = parse_variant_list(args.variants)
@@ -175,23 +174,15 @@ def _kv_cache(args) -> int:
     for row in rows:
         mark = "  (source)" if row["source"] else ""
         fit = row.get("budget")
-        budget_cells = f" {fit['max_batch']:>9} {_size(fit['allocated_bytes']):>12}" if fit else ""
+        budget_cells = f" {fit['max_batch']:>9} {format_bytes(fit['allocated_bytes']):>12}" if fit else ""
         print(
-            f"{row['variant']:<10} {row['num_key_value_heads']:>9} {_size(row['bytes_per_token']):>12} "
-            f"{_size(row['total_bytes']):>12} {row['fraction_of_mha']:>7.3f}{budget_cells}{mark}"
+            f"{row['variant']:<10} {row['num_key_value_heads']:>9} {format_bytes(row['bytes_per_token']):>12} "
+            f"{format_bytes(row['total_bytes']):>12} {row['fraction_of_mha']:>7.3f}{budget_cells}{mark}"
         )
     if args.budget:
         how = "allocated on the CPU" if args.allocate else "transformers' StaticCache built on the meta device"
         print(f"max batch: the most sequences of {args.seq_len} tokens whose cache fits {args.budget} ({how})")
     return 0
-
-
-def _size(n: float) -> str:
-    units = ("B", "KiB", "MiB", "GiB", "TiB")
-    power = 0
-    while n >= 1024 and power < len(units) - 1:
-        n, power = n / 1024, power + 1
-    return f"{n:.0f} B" if power == 0 else f"{n:.2f} {units[power]}"
 
 
 if __name__ == "__main__":

@@ -34,13 +34,18 @@ def convert_state_dict(
         new = family.convert_tensor(key, tensor, config, num_key_value_heads, kv_init, seed)
         converted[key] = tensor if new is None else new
         weights += new is not None and key.endswith("weight")
+    check_kv_weight_count(family, config, weights)
+    return converted
+
+
+def check_kv_weight_count(family, config, found: int) -> None:
+    """Refuse a checkpoint in which the conversion changed ``found`` K/V weights, not the family's count."""
     expected = family.kv_weight_count(config)
-    if weights != expected:
+    if found != expected:
         raise ValueError(
-            f"found {weights} K/V projection weights where a {family.name} model with "
+            f"found {found} K/V projection weights where a {family.name} model with "
             f"{family.num_layers(config)} layers has {expected}; is this checkpoint a {family.name} model?"
         )
-    return converted
 
 
 def _quant_method(model) -> str | None:

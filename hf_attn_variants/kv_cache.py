@@ -28,6 +28,20 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * SIZE_UNITS[unit or "B"])
 
 
+def cache_nbytes(cache) -> int:
+    """Bytes a transformers cache holds: its key and value tensors, over all layers."""
+    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: ``512 B``, ``7.50 KiB``, ``1.41 GiB``."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while n >= 1024 and power < len(units) - 1:
+        n, power = n / 1024, power + 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.2f} {units[power]}"
+
+
 def dtype_bytes(dtype: str | torch.dtype) -> int:
     """Bytes per element of a cache dtype given by name (``bfloat16``) or as a ``torch.dtype``."""
     if isinstance(dtype, torch.dtype):
@@ -108,9 +122,7 @@ def allocated_cache_bytes(config, num_key_value_heads: int, seq_len: int, batch:
         if device != "meta":
             layer.keys.zero_()
             layer.values.zero_()
-    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    del cache
-    return nbytes
+    return cache_nbytes(cache)
 
 
 def largest_batch(config, num_key_value_heads: int, seq_len: int, budget: int, dtype, device="meta") -> dict:

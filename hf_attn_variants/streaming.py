@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .convert import check_kv_weight_count
 from .families import family_for
 from .io import SAFETENSORS_INDEX
 from .variants import check_kv_init, resolve_num_kv_heads
@@ -68,11 +69,7 @@ def stream_convert(
             total += sum(t.numel() * t.element_size() for t in converted.values())
             weight_map.update(dict.fromkeys(converted, path.name))
             del converted
-    if changed != family.kv_weight_count(config):
-        raise ValueError(
-            f"found {changed} K/V projection weights where a {family.name} model with "
-            f"{family.num_layers(config)} layers has {family.kv_weight_count(config)}; is this a {family.name} model?"
-        )
+    check_kv_weight_count(family, config, changed)
     if (src / SAFETENSORS_INDEX).is_file():
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .kv_cache import cache_nbytes
+
 
 def interleaved(
     candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 2, desc: str = "timing"
@@ -106,8 +108,7 @@ def decode_step(model, batch: int, context: int) -> tuple[Callable[[], None], in
             model(input_ids=token, cache=cache, use_cache=True)
         cache.crop(-1)
 
-    nbytes = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
-    return step, nbytes
+    return step, cache_nbytes(cache)
 
 
 def prefill(model, batch: int, tokens: int) -> Callable[[], None]:

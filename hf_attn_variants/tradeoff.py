@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 
 from . import timing
 from .convert import convert
+from .data import DEFAULT_DATASET
 from .families import family_for
 from .io import atomic_output_dir, check_output_dir
-from .kv_cache import kv_cache_plan
+from .kv_cache import cache_nbytes, format_bytes, kv_cache_plan
 from .variants import (
     check_kv_init,
     gqa_choices,
@@ -78,7 +79,7 @@ def default_variants(num_heads: int, source_kv: int) -> list[tuple[str, int]]:
     middle = [g for g in gqa_choices(num_heads) if g not in kv]
     if middle and len(kv) < 4:
         kv.add(min(middle, key=lambda g: abs(g - math.sqrt(num_heads))))
-    return [("mha" if g == num_heads else "mqa" if g == 1 else "gqa", g) for g in sorted(kv, reverse=True)]
+    return [(variant_name(num_heads, g), g) for g in sorted(kv, reverse=True)]
 
 
 def resolve_variants(text: str | None, num_heads: int, source_kv: int) -> list[tuple[str, int]]:
@@ -87,7 +88,7 @@ def resolve_variants(text: str | None, num_heads: int, source_kv: int) -> list[t
         return default_variants(num_heads, source_kv)
     kv = {resolve_num_kv_heads(name, g, num_heads) for name, g in parse_variant_list(text)}
     kv.add(num_heads)
-    return [("mha" if g == num_heads else "mqa" if g == 1 else "gqa", g) for g in sorted(kv, reverse=True)]
+    return [(variant_name(num_heads, g), g) for g in sorted(kv, reverse=True)]
 
 
 def check_config(cfg: TradeoffConfig) -> None:
@@ -154,7 +155,7 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
             "family": family.name,
             "num_attention_heads": heads,
             "source_num_key_value_heads": source_kv,
-            "dataset": cfg.dataset or ", ".join(cfg.data_files) or "pydoc_data.topics",
+            "dataset": cfg.dataset or ", ".join(cfg.data_files) or DEFAULT_DATASET,
             "eval_tokens": len(eval_blocks) * cfg.block_size,
             "device": str(source.device),
             "torch_threads": torch.get_num_threads(),
@@ -249,7 +250,7 @@ def memory(model, cfg: TradeoffConfig) -> dict:
     ids = torch.zeros(1, 8, dtype=torch.long, device=model.device)
     with torch.inference_mode():
         cache = model(input_ids=ids, use_cache=True).cache
-    measured = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers) // ids.shape[1]
+    measured = cache_nbytes(cache) // ids.shape[1]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {
         "weights_bytes": weights,
@@ -295,16 +296,8 @@ def _arrow(value: float, baseline: float, lower_is_better: bool, tolerance: floa
     return ("↓" if value < baseline else "↑") + (" better" if better else " worse")
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    raise AssertionError
-
-
 def _peak(n: int | None) -> str:
-    return "n/a" if n is None else _size(n)
+    return "n/a" if n is None else format_bytes(n)
 
 
 def markdown_table(summary: dict) -> str:
@@ -330,8 +323,8 @@ def markdown_table(summary: dict) -> str:
             f"| {_arrow(d['median'], 1.0, True)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
             f"| {_arrow(p['median'], 1.0, True)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
             f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
-            f"{_size(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA); "
-            f"weights {_size(r['weights_bytes'])}; decode peak {_peak(r['decode_peak_bytes'])} "
+            f"{format_bytes(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA); "
+            f"weights {format_bytes(r['weights_bytes'])}; decode peak {_peak(r['decode_peak_bytes'])} "
             f"| {_arrow(r['perplexity'], mha['perplexity'], True)} ppl {r['perplexity']:.4g}, "
             f"acc {r['next_token_accuracy']:.1%} |"
         )

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from .checkpoint import DTYPES
+from .checkpoint import DTYPES, dtype_from_name
 from .convert import convert, drop_gguf_record
 from .data import DEFAULT_DATASET, load_texts, pack, split_blocks
 from .default_model import resolve_source, source_name
@@ -187,10 +187,6 @@ def check_arguments(model_args: ModelArguments, uptrain_args: UptrainArguments, 
         raise ValueError("--teacher is only used with --distill")
 
 
-def _torch_dtype(name: str):
-    return name if name == "auto" else getattr(torch, name)
-
-
 def load_source(model_args: ModelArguments):
     """``(source model, tokenizer, display name)``; only safetensors or GGUF weights are read."""
     name = source_name(model_args.model_name_or_path, model_args.gguf_file)
@@ -201,7 +197,7 @@ def load_source(model_args: ModelArguments):
     tokenizer = transformers.AutoTokenizer.from_pretrained(src, **located)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    kwargs = dict(located or {"use_safetensors": True}, dtype=_torch_dtype(model_args.dtype))
+    kwargs = dict(located or {"use_safetensors": True}, dtype=dtype_from_name(model_args.dtype))
     if model_args.attn_implementation:
         kwargs["attn_implementation"] = model_args.attn_implementation
     source = drop_gguf_record(transformers.AutoModelForCausalLM.from_pretrained(src, **kwargs))

@@ -22,6 +22,7 @@ from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
 from hf_attn_variants.default_model import default_model
+from hf_attn_variants.kv_cache import cache_nbytes
 
 
 @dataclass
@@ -75,8 +76,7 @@ def main():
                 "num_key_value_heads": model.config.num_key_value_heads,
                 "max_abs_logit_diff": (out.logits - reference).abs().max().item(),
                 "perplexity": perplexity(model, ids, args.chunk),
-                "kv_bytes_per_token": sum(layer.keys.nbytes + layer.values.nbytes for layer in out.cache.layers)
-                // args.chunk,
+                "kv_bytes_per_token": cache_nbytes(out.cache) // args.chunk,
                 "answer": tokenizer.decode(generated[0, question["input_ids"].shape[1] :], skip_special_tokens=True),
             }
         )

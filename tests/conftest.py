@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
+from hf_attn_variants.kv_cache import cache_nbytes
 
 VOCAB = 96
 HEADS = 8
@@ -139,7 +140,7 @@ def kv_heads_in_cache(cache) -> set[int]:
 
 
 def cache_bytes(cache) -> int:
-    return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    return cache_nbytes(cache)
 
 
 @pytest.fixture
