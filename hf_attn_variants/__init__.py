@@ -7,6 +7,7 @@ transformers' Auto classes.
 import transformers as _transformers
 
 from .auto import AttnVariantForCausalLM, AttnVariantModel, AutoModel, AutoModelForCausalLM
+from .calibration import Calibration, calibrate
 from .configuration import AttnVariantConfig
 from .convert import convert, convert_state_dict
 from .families import families, family_for, register_family, supported_model_types
@@ -29,6 +30,8 @@ __all__ = [
     "AttnVariantModel",
     "AutoModel",
     "AutoModelForCausalLM",
+    "Calibration",
+    "calibrate",
     "convert",
     "convert_state_dict",
     "families",

@@ -11,9 +11,11 @@ from __future__ import annotations
 import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
-from .convert import convert
+from .convert import convert, merges_heads
+from .families import family_for
 
 _VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
+_MERGE_KWARGS = ("calibration", "grouping", "fit", "sequential")  # options of hav.convert, not of the config
 _AUTO_ONLY_KWARGS = ("_from_auto", "adapter_kwargs", "trust_remote_code")
 
 
@@ -25,13 +27,29 @@ class _AttnVariantBuilder:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: AttnVariantConfig, **kwargs):
-        """Load the source model with transformers, then convert it to ``config``'s variant."""
+        """Load the source model with transformers, then convert it to ``config``'s variant.
+
+        Merge options of :func:`hf_attn_variants.convert` (``calibration``, ``grouping``, ``fit``,
+        ``sequential``) pass through; a method that needs calibration and gets none (or a dict of
+        :func:`hf_attn_variants.calibrate` options) is calibrated with the source's own tokenizer, by default
+        on 128 blocks of 256 tokens of the default text.
+        """
         for key in _AUTO_ONLY_KWARGS:
             kwargs.pop(key, None)
+        options = {k: kwargs.pop(k) for k in _MERGE_KWARGS if k in kwargs}
         source = cls.source_auto_class.from_pretrained(
             pretrained_model_name_or_path, *model_args, config=config.base(), **kwargs
         )
-        return convert(source, config.attn_variant, config.num_key_value_heads, config.kv_init, config.kv_init_seed)
+        given = options.get("calibration")
+        if (given is None or isinstance(given, dict)) and needs_calibration(source, config, options):
+            from .calibration import calibrate
+
+            tokenizer_kwargs = {k: kwargs[k] for k in (*HUB_KWARGS, "gguf_file") if k in kwargs}
+            tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
+            options["calibration"] = calibrate(source, tokenizer, **(given or {}))
+        return convert(
+            source, config.attn_variant, config.num_key_value_heads, config.kv_init, config.kv_init_seed, **options
+        )
 
     @classmethod
     def _from_config(cls, config: AttnVariantConfig, **kwargs):
@@ -49,6 +67,18 @@ class AttnVariantModel(_AttnVariantBuilder):
     source_auto_class = transformers.AutoModel
 
 
+def needs_calibration(source, config: AttnVariantConfig, options: dict) -> bool:
+    """Whether converting ``source`` to ``config``'s variant with ``options`` merges heads from calibration."""
+    family = family_for(source.config)
+    merging = merges_heads(
+        config.kv_init,
+        options.get("grouping", "contiguous"),
+        options.get("fit", False),
+        options.get("sequential", False),
+    )
+    return merging and config.num_key_value_heads % family.num_kv_heads(source.config) != 0
+
+
 def _variant_request(config, pretrained_model_name_or_path, variant_kwargs, kwargs) -> AttnVariantConfig:
     if config is not None:
         return AttnVariantConfig.from_base(config, **variant_kwargs)
@@ -60,8 +90,9 @@ def _pop_variant_kwargs(kwargs: dict) -> dict | None:
     """The variant keyword arguments taken out of ``kwargs``, or ``None`` when no variant is asked for."""
     variant_kwargs = {k: kwargs.pop(k) for k in _VARIANT_KWARGS if k in kwargs}
     if variant_kwargs.get("attn_variant") is None and variant_kwargs.get("num_key_value_heads") is None:
-        if variant_kwargs:
-            raise ValueError(f"{sorted(variant_kwargs)} given without attn_variant or num_key_value_heads")
+        given = sorted(variant_kwargs) + sorted(k for k in _MERGE_KWARGS if k in kwargs)
+        if given:
+            raise ValueError(f"{given} given without attn_variant or num_key_value_heads")
         return None
     return variant_kwargs
 
@@ -82,7 +113,9 @@ def _make_auto_class(base: type, builder: type) -> type:
 
     doc = (
         f"transformers.{base.__name__}, plus ``attn_variant`` (mha | gqa | mqa), ``num_key_value_heads``, "
-        "``kv_init`` (mean | first | random) and ``kv_init_seed`` in ``from_pretrained`` and ``from_config``."
+        "``kv_init`` (mean | first | random | aligned | svd) and ``kv_init_seed`` in ``from_pretrained`` and "
+        "``from_config``; ``from_pretrained`` also takes hf_attn_variants.convert's ``calibration``, ``grouping``, "
+        "``fit`` and ``sequential``."
     )
     return type(
         base.__name__,

@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 from .auto import AttnVariantForCausalLM
+from .calibration import MergeArguments
 from .configuration import AttnVariantConfig
+from .convert import merges_heads
 from .default_model import resolve_source, source_name
 from .families import family_for
 from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
@@ -35,6 +37,7 @@ def convert_checkpoint(
     gguf_file: str | None = None,
     dtype: str = "auto",
     overwrite: bool = False,
+    merge: MergeArguments | None = None,
 ) -> Path:
     """Write ``src`` (folder, hub id, GGUF file, or ``smollm2``) in ``attn_variant`` to the folder ``out``.
 
@@ -59,7 +62,11 @@ def convert_checkpoint(
     base = request.base()
     check_kv_shapes(files, base)
     torch_dtype = dtype_from_name(dtype)
-    if files:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
+    merge = merge or MergeArguments()
+    merging = merges_heads(kv_init, merge.grouping, merge.fit, merge.sequential) and (
+        request.num_key_value_heads % family_for(base).num_kv_heads(base) != 0
+    )
+    if files and not merging:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
         from .streaming import NotStreamable
 
         try:
@@ -68,8 +75,17 @@ def convert_checkpoint(
         except NotStreamable as why:
             logger.warning("converting in memory: %s", why)
     try:
+        options = {}
+        if merging:  # merged in memory from calibration statistics (the source's tokenizer reads the text)
+            options = dict(grouping=merge.grouping, fit=merge.fit, sequential=merge.sequential)
+            options["calibration"] = dict(
+                num_samples=merge.calibration_samples,
+                seq_len=merge.calibration_seq_len,
+                seed=merge.calibration_seed,
+                data_files=merge.calibration_data_files,
+            )
         model = AttnVariantForCausalLM.from_pretrained(
-            src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
+            src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True}), **options
         )
     except RuntimeError as err:  # transformers' report of weights whose shapes do not fit the config
         raise ValueError(

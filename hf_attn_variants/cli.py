@@ -14,12 +14,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
+from .calibration import MergeArguments
 from .checkpoint import DTYPES, convert_checkpoint
 from .heads import KV_INIT_METHODS
 from .kv_cache import CACHE_DTYPES
-from .variants import ATTN_VARIANTS
+from .variants import ATTN_VARIANTS, GROUPINGS
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``MergeArguments``: grouping, fit, sequential and the calibration text."""
+    parser.add_argument("--grouping", choices=GROUPINGS, default="contiguous", help="which query heads share K/V")
+    parser.add_argument("--fit", action="store_true", help="least-squares re-fit of queries and outputs")
+    parser.add_argument("--sequential", action="store_true", help="merge layer by layer, re-fitting outputs")
+    parser.add_argument("--calibration-samples", type=int, default=128, help="calibration blocks (default 128)")
+    parser.add_argument("--calibration-seq-len", type=int, default=256, help="tokens per calibration block")
+    parser.add_argument("--calibration-seed", type=int, default=0)
+    parser.add_argument("--calibration-data-files", nargs="+", help="calibration text (default: Python's help text)")
+
+
+def merge_arguments(args) -> MergeArguments:
+    return MergeArguments(**{f.name: getattr(args, f.name) for f in fields(MergeArguments)})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--gguf-file", help="the GGUF file inside SRC")
     convert.add_argument("--dtype", choices=DTYPES, default="auto")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_merge_arguments(convert)
 
     plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone")
     plan.add_argument("src", metavar="SRC")
@@ -79,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--save-checkpoints", action="store_true", help="save every variant's weights too")
     trade.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     trade.add_argument("--seed", type=int, default=0)
+    add_merge_arguments(trade)
 
     train = commands.add_parser(
         "train", add_help=False, help="uptrain or fine-tune a variant (train --help lists the options)"
@@ -110,6 +129,7 @@ def _convert(args) -> int:
         gguf_file=args.gguf_file,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        merge=merge_arguments(args),
     )
     print(f"wrote {out}")
     return 0

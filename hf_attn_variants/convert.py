@@ -8,8 +8,10 @@ from collections.abc import Mapping
 import torch
 from transformers import PreTrainedModel
 
+from .calibration import Calibration, call_hidden_states, module_calls, replay_inputs, with_ones
 from .families import family_for
-from .variants import check_kv_init, resolve_num_kv_heads
+from .merging import LayerHeads, merge_costs, merge_layer, similarity_groups
+from .variants import GROUPINGS, MERGE_KV_INITS, check_kv_init, resolve_num_kv_heads
 
 
 def convert_state_dict(
@@ -79,6 +81,11 @@ def convert(
     num_key_value_heads: int | None = None,
     kv_init: str = "mean",
     seed: int = 0,
+    *,
+    calibration: Calibration | None = None,
+    grouping: str = "contiguous",
+    fit: bool = False,
+    sequential: bool = False,
 ) -> PreTrainedModel:
     """``model`` in another attention variant, as a new model sharing every tensor that did not change.
 
@@ -86,12 +93,20 @@ def convert(
         model: a model of a supported family (a causal LM, a base model, or a classification head).
         attn_variant: ``mha``, ``gqa`` or ``mqa``; ``None`` derives it from ``num_key_value_heads``.
         num_key_value_heads: the K/V heads of the result (required for ``gqa``).
-        kv_init: how fewer K/V heads are made from more: ``mean``, ``first``, ``random``. More K/V heads
-            are always exact copies.
+        kv_init: how fewer K/V heads are made from more: ``mean``, ``first``, ``random``, or the methods of
+            ``hf_attn_variants.merging``: ``aligned``, ``svd``. More K/V heads are always exact copies.
         seed: the seed of ``kv_init="random"``.
+        calibration: statistics from :func:`hf_attn_variants.calibrate` (or a function returning them, called
+            only if heads are merged), required by ``aligned``, ``svd``, ``fit``, ``grouping="similarity"`` and
+            ``sequential`` when the conversion removes K/V heads.
+        grouping: ``contiguous`` (query head i uses K/V head i // (H/G)) or ``similarity`` (query heads
+            whose keys and values merge best share a K/V head; the heads are reordered to match, exactly).
+        fit: after merging, re-fit each query head and output projection by least squares (``svd`` always does).
+        sequential: recompute the calibration statistics of each layer on the model whose earlier layers are
+            already converted (needs ``calibration``; one forward pass over its text per layer).
 
     Raises:
-        ValueError: unsupported family, bad variant or head count, quantized model.
+        ValueError: unsupported family, bad variant, head count, method or grouping, quantized model.
     """
     _check_not_quantized(model)
     config = model.config
@@ -99,6 +114,17 @@ def convert(
     family.check_config(config)
     dst = resolve_num_kv_heads(attn_variant, num_key_value_heads, family.num_heads(config))
     check_kv_init(kv_init)
+    check_merge_options(family, kv_init, grouping, fit, sequential, calibration)
+    if merges_heads(kv_init, grouping, fit, sequential) and dst % family.num_kv_heads(config):
+        if callable(calibration) and not isinstance(calibration, Calibration):
+            calibration = calibration()  # built only now that heads are merged
+        if calibration is None:
+            raise ValueError(
+                f"kv_init={kv_init!r}, grouping={grouping!r}, fit={fit}, sequential={sequential} merge heads from "
+                "calibration statistics: pass calibration=hf_attn_variants.calibrate(model, tokenizer) (or use "
+                "kv_init='mean' without fit, grouping or sequential)"
+            )
+        return _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential)
     target_config = family.target_config(config, dst)
     target_class = family.target_class(type(model), dst, config)
     state = convert_state_dict(model.state_dict(), config, dst, kv_init, seed)
@@ -115,3 +141,114 @@ def convert(
         new.generation_config = copy.deepcopy(model.generation_config)
     new.train(model.training)
     return new
+
+
+def merges_heads(kv_init: str, grouping: str, fit: bool, sequential: bool = False) -> bool:
+    """Whether these options need the layer-by-layer merge rather than tensor-by-tensor pooling."""
+    return kv_init in MERGE_KV_INITS or grouping != "contiguous" or fit or sequential
+
+
+def check_merge_options(family, kv_init, grouping, fit, sequential, calibration) -> None:
+    """Refuse combinations of merge options that do not make sense, naming the valid choices."""
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping={grouping!r} is not one of {list(GROUPINGS)}")
+    if merges_heads(kv_init, grouping, fit, sequential) and kv_init in ("first", "random"):
+        raise ValueError(
+            f"kv_init={kv_init!r} cannot be combined with grouping={grouping!r} or fit=True; use mean, aligned or svd"
+        )
+    if grouping == "similarity" and not family.permutable:
+        raise ValueError(
+            f"grouping='similarity' reorders query heads, which {family.name} cannot do (its ALiBi slopes belong "
+            "to head positions); use grouping='contiguous'"
+        )
+    if calibration is not None and not isinstance(calibration, Calibration) and not callable(calibration):
+        raise ValueError(
+            f"calibration must be a hf_attn_variants.Calibration (or a function returning one), got "
+            f"{type(calibration).__name__}"
+        )
+
+
+@torch.no_grad()
+def _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential):
+    """Merge each layer's heads in MHA form (the source expanded exactly), then pool the now equal heads."""
+    from tqdm.auto import tqdm
+
+    mha = convert(model, "mha")
+    config = mha.config
+    modules = family.attention_modules(mha)
+    for _, module in modules:  # the expansion shares tensors with `model`, which must not change
+        for param in module.parameters():
+            param.data = param.data.clone()
+    if set(calibration.moments) != {name for name, _ in modules}:
+        raise ValueError(
+            f"the calibration was made on another model: it covers {len(calibration.moments)} attention modules "
+            f"({sorted(calibration.moments)[:2]}...), this model has {len(modules)} ({modules[0][0]}...)"
+        )
+    layout = family.head_layout(mha, config)
+    sources = dict(family.attention_modules(model))
+    for name, module in tqdm(modules, desc=f"merge K/V heads ({kv_init})", disable=len(modules) < 4):
+        views = family.head_views(module, config)
+        heads = _read_heads(views)
+        source_cols = heads.o  # (H, hidden, head_dim), in the source's head order
+        if sequential:  # what this layer sees once the layers before it are converted
+            calls = module_calls(mha, module, calibration.input_ids)
+            rows = [with_ones(call_hidden_states(call)) for call in calls]
+            s = sum(x.T @ x for x in rows) / sum(len(x) for x in rows)
+        else:
+            s = calibration.moments[name].to(torch.float64)
+        if grouping == "similarity":
+            order = similarity_groups(merge_costs(heads, s, layout), dst).flatten()
+            heads = heads.permute(order)
+            for sliced in family.head_sliced:
+                weight = getattr(module, sliced).weight
+                weight.copy_(weight.unflatten(0, (len(order), -1))[order].flatten())
+        _write_heads(views, merge_layer(heads, s, layout, dst, kv_init, fit, keys=not family.keys_normed(config)))
+        if sequential:
+            fit_output_projection(sources[name], module, family.out_module, calls, source_cols, views)
+    return convert(mha, None, dst, "mean")
+
+
+@torch.no_grad()
+def fit_output_projection(source, variant, out_name, calls, source_cols, views) -> None:
+    """Re-fit the variant attention's output projection, by least squares, to the source attention's output.
+
+    Both attention modules replay ``calls`` (the variant's own inputs, from its converted earlier layers);
+    the inputs of their output projections are collected, and the variant's projection becomes the one
+    that maps its inputs closest to the source's output ``a_src @ W_src^T`` (``source_cols`` is
+    ``W_src``'s columns per head, ``(H, hidden, head_dim)``).
+    """
+    gram, cross = 0, 0
+    pairs = zip(
+        replay_inputs(source, getattr(source, out_name), calls),
+        replay_inputs(variant, getattr(variant, out_name), calls),
+        strict=True,
+    )
+    for a_src, a_var in pairs:
+        a_src = a_src.reshape(-1, a_src.shape[-1]).to(torch.float64).cpu()  # (tokens, H * head_dim)
+        a_var = a_var.reshape(-1, a_var.shape[-1]).to(torch.float64).cpu()
+        gram, cross = gram + a_var.T @ a_var, cross + a_var.T @ a_src
+    w_src = source_cols.permute(1, 0, 2).flatten(1)  # (hidden, H * head_dim)
+    ridge = 1e-6 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+    w_var = torch.linalg.solve(gram + ridge, cross @ w_src.T).T  # (hidden, H * head_dim)
+    views["o"].copy_(w_var.unflatten(1, views["o"].shape[1:]))
+
+
+def _read_heads(views) -> LayerHeads:
+    """The float64 ``LayerHeads`` of per-head views; a missing bias is a zero column."""
+
+    def rows(part):
+        weight, bias = views[part].to(torch.float64).cpu(), views[f"{part}_bias"]
+        bias = torch.zeros(weight.shape[:2], dtype=torch.float64) if bias is None else bias.to(torch.float64).cpu()
+        return torch.cat([weight, bias.unsqueeze(-1)], dim=-1)  # (H, head_dim, hidden + 1)
+
+    o = views["o"].to(torch.float64, copy=True).cpu()  # (hidden, H, head_dim), never a view of the parameter
+    return LayerHeads(rows("q"), rows("k"), rows("v"), o.permute(1, 0, 2))
+
+
+def _write_heads(views, heads: LayerHeads) -> None:
+    for part in "qkv":
+        rows = getattr(heads, part)
+        views[part].copy_(rows[..., :-1])
+        if views[f"{part}_bias"] is not None:
+            views[f"{part}_bias"].copy_(rows[..., -1])
+    views["o"].copy_(heads.o.permute(1, 0, 2))

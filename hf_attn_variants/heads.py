@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-KV_INIT_METHODS = ("mean", "first", "random")
+KV_INIT_METHODS = ("mean", "first", "random", "aligned", "svd")  # the last two: hf_attn_variants.merging
 
 
 def kv_head_for_query_heads(num_heads: int, num_kv_heads: int) -> torch.Tensor:
@@ -76,6 +76,11 @@ def regroup_kv_heads(
     heads = rows.reshape(src_kv_heads, head_dim, *rest)  # (src_kv, head_dim, *rest)
 
     exact = bool((groups == groups[:, :1]).all())  # every group reads one source head: copy it
+    if not exact and method in ("aligned", "svd"):
+        raise ValueError(
+            f"kv_init={method!r} merges whole attention layers (queries, keys, values and outputs together), not "
+            "one tensor: use hf_attn_variants.convert on a model in memory"
+        )
     if exact or method == "first":
         return heads[groups[:, 0]].reshape(dst_kv_heads * head_dim, *rest)
     if method == "random":

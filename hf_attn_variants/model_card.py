@@ -16,6 +16,10 @@ _KV_INIT_NOTES = {
     "mean": "mean pooling of the K/V heads of each group (Ainslie et al. 2023)",
     "first": "the K/V head of each group's first query head",
     "random": "fresh random K/V projections",
+    "aligned": "heads aligned by function-preserving rotations (per RoPE pair; orthogonal maps elsewhere), then "
+    "averaged weighted by what reads them (hf_attn_variants.merging), from calibration statistics",
+    "svd": "low-rank merge: the best shared key per RoPE pair and the top principal subspace of the values, each "
+    "query and output projection re-fitted by least squares (hf_attn_variants.merging), from calibration statistics",
 }
 
 

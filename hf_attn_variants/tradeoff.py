@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import timing
+from .calibration import MergeArguments
 from .convert import convert
 from .data import DEFAULT_DATASET
 from .families import family_for
@@ -40,7 +41,7 @@ FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
 
 
 @dataclass
-class TradeoffConfig:
+class TradeoffConfig(MergeArguments):
     """Everything one trade-off run depends on (recorded in its JSON)."""
 
     src: str = "smollm2"
@@ -136,7 +137,11 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     with atomic_output_dir(out) as tmp:
         for name, kv in tqdm(variants, desc="variants"):
             label = variant_label(heads, kv)
-            model = source if kv == source_kv and not cfg.uptrain_steps else convert_copy(source, name, kv, cfg)
+            model = (
+                source
+                if kv == source_kv and not cfg.uptrain_steps
+                else convert_copy(source, name, kv, cfg, tokenizer, train_blocks)
+            )
             row = {"variant": label, "attn_variant": name, "num_key_value_heads": kv, "source": kv == source_kv}
             if cfg.uptrain_steps:
                 row["uptraining"] = uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg, tmp / "train")
@@ -170,10 +175,10 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     return summary
 
 
-def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig):
+def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig, tokenizer=None, blocks=None):
     """``source`` in the variant with ``kv`` K/V heads, owning its tensors when it is going to be trained."""
     base = copy.deepcopy(source) if cfg.uptrain_steps else source
-    return convert(base, name, kv, cfg.kv_init, cfg.seed)
+    return convert(base, name, kv, cfg.kv_init, cfg.seed, **cfg.convert_kwargs(base, tokenizer, blocks))
 
 
 def held_out_text(eval_blocks, tokenizer) -> list[str]:

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
+from .calibration import MergeArguments
 from .checkpoint import DTYPES, dtype_from_name
 from .convert import convert, drop_gguf_record
 from .data import DEFAULT_DATASET, load_texts, pack, split_blocks
@@ -35,14 +36,16 @@ RESULTS_FILE = "uptrain_results.json"
 
 
 @dataclass
-class ModelArguments:
-    """The model to start from, the variant to convert it to on load, and LoRA."""
+class ModelArguments(MergeArguments):
+    """The model to start from, the variant to convert it to on load (and how its heads are merged), and LoRA."""
 
     model_name_or_path: str = field(default="smollm2", metadata={"help": "folder, hub id, or 'smollm2'"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path"})
     attn_variant: str | None = field(default=None, metadata={"help": f"one of {ATTN_VARIANTS}; none = keep"})
     num_key_value_heads: int | None = field(default=None, metadata={"help": "K/V heads (required for gqa)"})
-    kv_init: str = field(default="mean", metadata={"help": "how fewer K/V heads are made: mean, first, random"})
+    kv_init: str = field(
+        default="mean", metadata={"help": "how fewer K/V heads are made: mean, first, random, aligned, svd"}
+    )
     kv_init_seed: int = 0
     dtype: str = field(default="float32", metadata={"help": f"weights dtype, one of {DTYPES}"})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, ..."})
@@ -204,17 +207,23 @@ def load_source(model_args: ModelArguments):
     return source, tokenizer, name
 
 
-def build_student(source, model_args: ModelArguments, keep_source: bool):
+def build_student(source, model_args: ModelArguments, keep_source: bool, tokenizer=None, blocks=None):
     """The model to train: ``source`` converted to the requested variant (``source`` itself if none).
 
     With ``keep_source`` (the source is the distillation teacher) the student owns copies of its tensors,
-    since a conversion shares every unchanged tensor with its source.
+    since a conversion shares every unchanged tensor with its source. Methods that merge heads from
+    calibration calibrate on ``blocks`` (the training blocks) unless given calibration files.
     """
     base = copy.deepcopy(source) if keep_source else source
     if model_args.attn_variant is None and model_args.num_key_value_heads is None:
         return base
     return convert(
-        base, model_args.attn_variant, model_args.num_key_value_heads, model_args.kv_init, model_args.kv_init_seed
+        base,
+        model_args.attn_variant,
+        model_args.num_key_value_heads,
+        model_args.kv_init,
+        model_args.kv_init_seed,
+        **model_args.convert_kwargs(base, tokenizer, blocks),
     )
 
 
@@ -347,7 +356,7 @@ def run(model_args, data_args, uptrain_args, training_args) -> dict:
             if uptrain_args.teacher is None
             else load_source(ModelArguments(model_name_or_path=uptrain_args.teacher, dtype=model_args.dtype))[0]
         )
-    model = build_student(source, model_args, keep_source=teacher is source)
+    model = build_student(source, model_args, keep_source=teacher is source, tokenizer=tokenizer, blocks=train_blocks)
     del source
     model = prepare_for_training(model, model_args, uptrain_args)
 

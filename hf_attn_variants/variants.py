@@ -5,6 +5,8 @@ from __future__ import annotations
 from .heads import KV_INIT_METHODS
 
 ATTN_VARIANTS = ("mha", "gqa", "mqa")
+MERGE_KV_INITS = ("aligned", "svd")  # kv_init methods that merge whole layers (hf_attn_variants.merging)
+GROUPINGS = ("contiguous", "similarity")
 
 
 def variant_name(num_heads: int, num_kv_heads: int) -> str:

@@ -112,7 +112,10 @@ def test_num_key_value_heads_alone_names_the_variant():
         ),
         (dict(attn_variant="gqa", num_key_value_heads=8), "makes MHA, not GQA"),
         (dict(attn_variant="mqa", num_key_value_heads=2), "attn_variant='mqa' means num_key_value_heads=1"),
-        (dict(attn_variant="mqa", kv_init="median"), "kv_init='median' is not one of ['mean', 'first', 'random']"),
+        (
+            dict(attn_variant="mqa", kv_init="median"),
+            "kv_init='median' is not one of ['mean', 'first', 'random', 'aligned', 'svd']",
+        ),
         (dict(kv_init="first"), "['kv_init'] given without attn_variant or num_key_value_heads"),
     ],
 )

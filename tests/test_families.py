@@ -237,7 +237,7 @@ def test_eager_and_sdpa_agree(family, variant, count, input_ids):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kv_init", hav.KV_INIT_METHODS)
+@pytest.mark.parametrize("kv_init", ["mean", "first", "random"])  # calibrated methods: tests/test_merging.py
 def test_kv_init_methods_differ_and_are_deterministic(family, kv_init, input_ids):
     source = tiny_model(family, **own_config_kwargs(family, HEADS))  # H distinct K/V heads to pool
     a = logits(hav.convert(source, "mqa", kv_init=kv_init, seed=3), input_ids)

@@ -92,7 +92,10 @@ def test_dtype_is_preserved():
         ),
         ((labelled(3), 8, 3, 1), "num_key_value_heads=3 must divide"),
         ((labelled(4)[:7], 8, 4, 2), "cannot split 7 rows into 4 K/V heads"),
-        ((labelled(4), 8, 4, 2, "median"), "kv_init='median' is not one of ['mean', 'first', 'random']"),
+        (
+            (labelled(4), 8, 4, 2, "median"),
+            "kv_init='median' is not one of ['mean', 'first', 'random', 'aligned', 'svd']",
+        ),
     ],
 )
 def test_bad_head_counts_raise_with_the_valid_choices(args, message):

@@ -265,3 +265,13 @@ def test_eval_source_reports_the_unconverted_models_perplexity(workspace, tmp_pa
     assert pooled["eval_source_perplexity"] == pytest.approx(same["eval_source_perplexity"], rel=1e-6)
     assert pooled["eval_start_perplexity"] != pytest.approx(pooled["eval_source_perplexity"], rel=1e-3)
     assert "source perplexity" in (tmp_path / "mqa" / "README.md").read_text()
+
+
+def test_training_converts_with_calibrated_merging_on_the_training_blocks(workspace, tmp_path):
+    """``--kv_init svd`` calibrates on the training blocks and starts from a better model than mean pooling."""
+    common = ["--attn_variant", "mqa", "--max_steps", "1", "--calibration_samples", "8", "--learning_rate", "1e-9"]
+    svd = main(train_args(workspace, tmp_path / "svd", *common, "--kv_init", "svd", "--sequential"))
+    mean = main(train_args(workspace, tmp_path / "mean", *common))
+    assert svd["arguments"]["model"]["kv_init"] == "svd" and svd["arguments"]["model"]["calibration_samples"] == 8
+    assert svd["eval_start_perplexity"] != mean["eval_start_perplexity"]
+    assert "low-rank merge" in (tmp_path / "svd" / "README.md").read_text()

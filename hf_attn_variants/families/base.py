@@ -18,6 +18,7 @@ from typing import ClassVar
 import torch
 
 from ..heads import merge_grouped_qkv, regroup_kv_heads, split_fused, split_grouped_qkv
+from ..merging import HeadLayout
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,17 @@ class FamilyAdapter:
         name: the family's name in tables and errors.
         model_types: the transformers ``model_type`` values it covers.
         notes: one line for the README's table of families.
+        normed_keys: the family normalises keys after projecting them (calibrated merging then keeps
+            its query projections and averages the keys; values are merged as usual).
+        head_sliced: modules of the attention (relative to it) holding one weight slice per query head,
+            reordered with the heads.
     """
 
     name: str
     model_types: tuple[str, ...]
     notes: str = ""
+    normed_keys: bool = False  # keys are normalised after projection: a map on them would not pass the norm
+    head_sliced: tuple[str, ...] = ()  # modules in the attention with one weight slice per query head
 
     native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
@@ -114,6 +121,79 @@ class FamilyAdapter:
         v = self._regroup(key + ":v", v, config, dst_kv, kv_init, seed)
         return torch.cat([q, k, v]).movedim(0, out_dim).contiguous()
 
+    # -- per-head views of a model in MHA form (merging heads with calibration) -------------------------
+    @property
+    def rotary_style(self) -> str | None:
+        """How the family's RoPE pairs the dims of a head (``half``, ``interleaved``; ``None``: no RoPE)."""
+        return "half"
+
+    @property
+    def permutable(self) -> bool:
+        """Whether query heads may be reordered (not with ALiBi, whose slopes belong to head positions)."""
+        return True
+
+    @property
+    def attention_module(self) -> str:
+        """The attention module's name in a decoder layer."""
+        raise NotImplementedError
+
+    @property
+    def out_module(self) -> str:
+        """The output projection's name in the attention module."""
+        raise NotImplementedError
+
+    def keys_normed(self, config) -> bool:
+        """Whether keys are normalised after projection (``normed_keys``, or a ``qk_layernorm`` flag set)."""
+        return self.normed_keys or bool(getattr(config, "qk_layernorm", False))
+
+    def attention_modules(self, model) -> list[tuple[str, torch.nn.Module]]:
+        """``(name, module)`` of every attention module of ``model``, in layer order."""
+        name = self.attention_module
+        return [(n, m) for n, m in model.named_modules() if n == name or n.endswith("." + name)]
+
+    def head_views(self, attention, config) -> dict[str, torch.Tensor | None]:
+        """Views of an MHA-form attention module's parameters, per head, writable in place.
+
+        ``q``, ``k``, ``v``: ``(H, head_dim, hidden)``; ``q_bias``, ``k_bias``, ``v_bias``: ``(H, head_dim)`` or
+        ``None``; ``o``: ``(hidden, H, head_dim)``, the output projection's columns.
+        """
+        raise NotImplementedError
+
+    def head_layout(self, model, config) -> HeadLayout:
+        """Which dims of a head the family's RoPE rotates together."""
+        if self.rotary_style is None:
+            return HeadLayout.rotary(self.head_dim(config), 0, None)
+        dims = getattr(config, "rotary_dim", None)
+        if not dims:
+            found = {int(b.numel()) for n, b in model.named_buffers() if n.endswith("inv_freq")}
+            if len(found) != 1:
+                raise ValueError(f"{self.name}: cannot tell the rotary dims of the model (inv_freq sizes {found})")
+            dims = 2 * found.pop()
+        return HeadLayout.rotary(self.head_dim(config), dims, self.rotary_style)
+
+    def _per_head(self, module, config, conv1d=False):
+        """``module``'s weight rows ``(H, head_dim, in)`` and bias ``(H, head_dim)`` (views)."""
+        rows = module.weight.T if conv1d else module.weight
+        shape = (self.num_heads(config), self.head_dim(config))
+        bias = None if module.bias is None else module.bias.unflatten(0, shape)
+        return rows.unflatten(0, shape), bias
+
+    def _fused_views(self, module, config, grouped: bool, conv1d=False) -> dict:
+        rows = module.weight.T if conv1d else module.weight  # (3 H d, in)
+        heads, d = self.num_heads(config), self.head_dim(config)
+        shape = (heads, 3, d) if grouped else (3, heads, d)
+        weight = rows.unflatten(0, shape)
+        bias = None if module.bias is None else module.bias.unflatten(0, shape)
+        views = {}
+        for i, part in enumerate("qkv"):
+            views[part] = weight[:, i] if grouped else weight[i]
+            views[f"{part}_bias"] = None if bias is None else (bias[:, i] if grouped else bias[i])
+        return views
+
+    def _out_view(self, module, config, conv1d=False) -> torch.Tensor:
+        cols = module.weight.T if conv1d else module.weight  # (hidden, H d)
+        return cols.unflatten(1, (self.num_heads(config), self.head_dim(config)))
+
     # -- the converted model --------------------------------------------------------------------------
     def target_config(self, config, dst_kv):
         """The config of ``config``'s model with ``dst_kv`` K/V heads (same attention implementation)."""
@@ -184,6 +264,24 @@ class NativeFamily(FamilyAdapter):
         names = {"q": self.q_projection, "k": k, "v": v, "o": self.o_projection}
         return tuple(dict.fromkeys(names[p] for p in self._check_parts(parts)))
 
+    @property
+    def attention_module(self) -> str:
+        return self.q_projection.rpartition(".")[0]
+
+    @property
+    def out_module(self) -> str:
+        return self._local(self.o_projection)
+
+    def _local(self, name: str) -> str:
+        return name.rpartition(".")[2]
+
+    def head_views(self, attention, config):
+        views = {}
+        for part, name in zip("qkv", (self.q_projection, *self.kv_projections), strict=True):
+            views[part], views[f"{part}_bias"] = self._per_head(getattr(attention, self._local(name)), config)
+        views["o"] = self._out_view(getattr(attention, self._local(self.o_projection)), config)
+        return views
+
     def own_config_values(self, config, dst_kv):
         return {"num_key_value_heads": dst_kv}
 
@@ -211,6 +309,15 @@ class NativeFusedFamily(NativeFamily):
 
     def kv_weight_count(self, config) -> int:
         return self.num_layers(config)
+
+    @property
+    def attention_module(self) -> str:
+        return self.fused_qkv.rpartition(".")[0]
+
+    def head_views(self, attention, config):
+        views = self._fused_views(getattr(attention, self._local(self.fused_qkv)), config, grouped=False)
+        views["o"] = self._out_view(getattr(attention, self._local(self.o_projection)), config)
+        return views
 
     def projections(self, parts):
         return self._fused_projections(parts, self.fused_qkv, self.o_projection)
@@ -349,6 +456,34 @@ class PluginFamily(FamilyAdapter):
 
     def kv_weight_count(self, config) -> int:
         return len(self.kv_modules) * self.num_layers(config)
+
+    @property
+    def attention_module(self) -> str:
+        return self.attention
+
+    @property
+    def out_module(self) -> str:
+        return self.out_proj
+
+    @property
+    def rotary_style(self) -> str | None:
+        return self.rotary
+
+    @property
+    def permutable(self) -> bool:
+        return not self.alibi
+
+    def head_views(self, attention, config):
+        if self.fused:
+            views = self._fused_views(
+                getattr(attention, self.qkv[0]), config, self.fused_layout == "grouped", self.conv1d
+            )
+        else:
+            views = {}
+            for part, name in zip("qkv", self.qkv, strict=True):
+                views[part], views[f"{part}_bias"] = self._per_head(getattr(attention, name), config, self.conv1d)
+        views["o"] = self._out_view(getattr(attention, self.out_proj), config, self.conv1d)
+        return views
 
     def projections(self, parts):
         names = [f"{self.attention}.{n}" for n in (*self.qkv, self.out_proj)]

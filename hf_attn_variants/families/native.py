@@ -20,7 +20,9 @@ class StableLmFamily(NativeFamily):
 LLAMA = NativeFamily("llama", ("llama",), notes="RoPE; SmolLM2 and Llama 2/3 checkpoints")
 MISTRAL = NativeFamily("mistral", ("mistral",), notes="RoPE, sliding window")
 QWEN2 = NativeFamily("qwen2", ("qwen2",), notes="q/k/v biases (regrouped like the weights)")
-QWEN3 = NativeFamily("qwen3", ("qwen3",), notes="per-head q/k RMSNorm (shared by all heads, unchanged)")
+QWEN3 = NativeFamily(
+    "qwen3", ("qwen3",), notes="per-head q/k RMSNorm (shared by all heads, unchanged)", normed_keys=True
+)
 GEMMA = NativeFamily("gemma", ("gemma",), notes="head_dim independent of hidden size / heads")
 GEMMA2 = NativeFamily(
     "gemma2", ("gemma2",), notes="logit soft-capping, alternating sliding-window layers, query_pre_attn_scalar"
@@ -36,6 +38,8 @@ OLMO2 = NativeFamily(
     "olmo2",
     ("olmo2",),
     kv_shaped=("self_attn.k_norm",),
+    normed_keys=True,
+    head_sliced=("q_norm", "k_norm"),
     notes="k_norm spans the whole K projection: its weight is regrouped with the K/V heads",
 )
 PHI3 = NativeFusedFamily("phi3", ("phi3",), notes="fused `qkv_proj` [q | k | v] saved natively")

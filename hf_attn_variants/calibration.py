@@ -1,0 +1,267 @@
+"""Calibration: what the attention layers of a model see on some text, for merging K/V heads well.
+
+For each attention module, the second moment ``E[x x^T]`` of its input ``x = [hidden_states; 1]`` over the
+calibration tokens: from it ``hf_attn_variants.merging`` computes every expectation of keys, queries and
+values it needs. The token blocks are kept too, so a conversion can recompute the moments layer by layer
+on the partly converted model (``sequential=True``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import DEFAULT_DATASET, load_texts, pack
+
+
+@dataclass
+class Calibration:
+    """Second moments of every attention module's input, and the token blocks they came from.
+
+    Attributes:
+        moments: attention module name -> ``(hidden + 1, hidden + 1)`` float64 ``E[x x^T]``, ``x = [h; 1]``.
+        input_ids: ``(samples, seq_len)`` the calibration blocks.
+        source: where the text came from (for model cards and results).
+    """
+
+    moments: dict[str, torch.Tensor]
+    input_ids: torch.Tensor
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors file (moments, blocks, and the source in its metadata)."""
+        tensors = {f"moments.{name}": m.contiguous() for name, m in self.moments.items()}
+        tensors["input_ids"] = self.input_ids.contiguous()
+        save_file(tensors, str(path), metadata={"source": self.source, "info": json.dumps(self.info)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> Calibration:
+        """Read a file written by :meth:`save` (safetensors: no pickle)."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+        if "input_ids" not in tensors:
+            raise ValueError(f"{path} is not a calibration file: it has no input_ids tensor")
+        moments = {k.removeprefix("moments."): v for k, v in tensors.items() if k.startswith("moments.")}
+        return cls(moments, tensors["input_ids"], metadata.get("source", ""), json.loads(metadata.get("info", "{}")))
+
+
+def calibration_blocks(
+    tokenizer=None,
+    num_samples: int = 128,
+    seq_len: int = 256,
+    seed: int = 0,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    data_files=None,
+    exclude_last: float = 0.1,
+    blocks=None,
+) -> torch.Tensor:
+    """``(num_samples, seq_len)`` token blocks drawn by ``seed`` from the text of the project's dataset API.
+
+    ``blocks`` (rows of ``input_ids``, such as training's blocks) are drawn from directly; otherwise the text
+    of ``dataset``/``data_files`` is packed into ``seq_len`` blocks and the last ``exclude_last`` of them
+    (where training and the trade-off table hold out their evaluation text) are left out.
+
+    Raises:
+        ValueError: ``num_samples`` or ``seq_len`` below 1, or fewer blocks than asked for.
+    """
+    if num_samples < 1 or seq_len < 2:
+        raise ValueError(f"num_samples={num_samples} must be at least 1 and seq_len={seq_len} at least 2")
+    if blocks is None:
+        if tokenizer is None:
+            raise ValueError("give a tokenizer (to pack the calibration text) or token blocks")
+        blocks = pack(load_texts(dataset, dataset_config, data_files=data_files), tokenizer, seq_len)
+        blocks = blocks.select(range(len(blocks) - round(len(blocks) * exclude_last)))
+    if len(blocks) < num_samples:
+        raise ValueError(
+            f"the calibration text makes {len(blocks)} blocks, fewer than num_samples={num_samples}; "
+            "ask for fewer or shorter samples, or give more text"
+        )
+    order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:num_samples].sort().values
+    rows = blocks.select(order.tolist())["input_ids"] if hasattr(blocks, "select") else [blocks[i] for i in order]
+    return torch.as_tensor(rows, dtype=torch.long)
+
+
+class _Stop(Exception):
+    """Raised by a hook once the last module of interest has been seen (no need to run the rest)."""
+
+
+@torch.no_grad()
+def module_calls(model, module: torch.nn.Module, input_ids: torch.Tensor, batch_size: int = 8) -> list:
+    """``(args, kwargs)`` of ``module``'s call for each batch of ``input_ids`` that ``model`` reads.
+
+    Each forward pass stops at ``module``: the layers after it are not run. The calls can be replayed on
+    another module of the same kind (the source's attention, for instance).
+    """
+    calls = []
+
+    def hook(mod, args, kwargs):
+        calls.append((args, kwargs))
+        raise _Stop
+
+    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for start in range(0, len(input_ids), batch_size):
+            try:
+                model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return calls
+
+
+@torch.no_grad()
+def replay_inputs(module: torch.nn.Module, inner: torch.nn.Module, calls: list):
+    """Yield ``inner``'s first input while ``module`` replays each of ``calls`` (stopping at ``inner``)."""
+    seen = []
+
+    def hook(mod, args, kwargs):
+        seen.append(kwargs.get("hidden_states", args[0] if args else kwargs.get("input")))
+        raise _Stop
+
+    handle = inner.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for args, kwargs in calls:
+            try:
+                module(*args, **kwargs)
+            except _Stop:
+                pass
+            yield seen.pop()
+    finally:
+        handle.remove()
+
+
+def call_hidden_states(call) -> torch.Tensor:
+    args, kwargs = call
+    return kwargs.get("hidden_states", args[0] if args else None)
+
+
+def with_ones(hidden: torch.Tensor) -> torch.Tensor:
+    """``(tokens, hidden + 1)`` float64 rows ``[h; 1]`` of ``hidden`` ``(..., hidden)``."""
+    x = hidden.reshape(-1, hidden.shape[-1]).to(torch.float64).cpu()
+    return torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
+
+
+@torch.no_grad()
+def collect_moments(
+    model, modules: list[tuple[str, torch.nn.Module]], input_ids: torch.Tensor, batch_size: int = 8, progress=True
+) -> dict[str, torch.Tensor]:
+    """``E[x x^T]`` of each of ``modules``' input ``x = [hidden_states; 1]`` while ``model`` reads ``input_ids``.
+
+    One forward pass per batch serves every module; it stops after the last of ``modules``.
+    """
+    sums = {name: 0 for name, _ in modules}
+    last = modules[-1][0]
+
+    def hook_for(name):
+        def hook(module, args, kwargs):
+            x = with_ones(kwargs.get("hidden_states", args[0] if args else None))
+            sums[name] = sums[name] + x.T @ x
+            if name == last:
+                raise _Stop
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(name), with_kwargs=True) for name, m in modules]
+    device = next(model.parameters()).device
+    try:
+        for start in tqdm(range(0, len(input_ids), batch_size), desc="calibration", disable=not progress):
+            try:
+                model(input_ids=input_ids[start : start + batch_size].to(device), use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: total / input_ids.numel() for name, total in sums.items()}
+
+
+def calibrate(
+    model,
+    tokenizer=None,
+    num_samples: int = 128,
+    seq_len: int = 256,
+    seed: int = 0,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    data_files=None,
+    exclude_last: float = 0.1,
+    blocks=None,
+    batch_size: int = 8,
+) -> Calibration:
+    """Calibrate ``model`` (any supported family and variant) on ``num_samples`` blocks of text.
+
+    The text comes from ``dataset``/``data_files`` as in training (by default Python's help text, less the
+    last ``exclude_last`` that training holds out), or from ``blocks``; blocks are drawn by ``seed``. See
+    :func:`calibration_blocks`.
+    """
+    from .families import family_for
+
+    input_ids = calibration_blocks(
+        tokenizer, num_samples, seq_len, seed, dataset, dataset_config, data_files, exclude_last, blocks
+    )
+    modules = family_for(model.config).attention_modules(model)
+    moments = collect_moments(model, modules, input_ids, batch_size)
+    if blocks is not None:
+        source = "given blocks"
+    elif data_files:
+        source = ", ".join(map(str, [data_files] if isinstance(data_files, (str, Path)) else data_files))
+    else:
+        source = dataset or DEFAULT_DATASET
+    info = {"num_samples": num_samples, "seq_len": int(input_ids.shape[1]), "seed": seed, "exclude_last": exclude_last}
+    return Calibration(moments, input_ids, source, info)
+
+
+@dataclass
+class MergeArguments:
+    """How fewer K/V heads are made beyond ``kv_init``, and the calibration text (for train, tradeoff, convert)."""
+
+    grouping: str = field(default="contiguous", metadata={"help": "contiguous or similarity"})
+    fit: bool = field(default=False, metadata={"help": "least-squares re-fit of queries and outputs after merging"})
+    sequential: bool = field(
+        default=False, metadata={"help": "merge layer by layer on the partly converted model, re-fitting outputs"}
+    )
+    calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})
+    calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration block"})
+    calibration_seed: int = 0
+    calibration_data_files: list[str] | None = field(
+        default=None, metadata={"help": "calibration text files (default: the training text, or Python's help text)"}
+    )
+
+    def convert_kwargs(self, model, tokenizer=None, blocks=None) -> dict:
+        """``hf_attn_variants.convert``'s merge options; the calibration is built only if heads are merged.
+
+        It is drawn from ``blocks`` (training's blocks) unless ``calibration_data_files`` are given.
+        """
+
+        def build():
+            use_blocks = None if self.calibration_data_files else blocks
+            return calibrate(
+                model,
+                tokenizer,
+                num_samples=self.calibration_samples,
+                seq_len=self.calibration_seq_len,
+                seed=self.calibration_seed,
+                data_files=self.calibration_data_files,
+                blocks=use_blocks,
+            )
+
+        return dict(grouping=self.grouping, fit=self.fit, sequential=self.sequential, calibration=build)
+
+    def describe(self) -> dict:
+        return asdict(self)
