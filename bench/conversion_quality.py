@@ -55,7 +55,7 @@ class Args:
     uptrain_batch_size: int = 2
     learning_rate: float = 3e-4
     source_dir: str = "out/bench/shakespeare-mha"
-    source_train_steps: int = 1500
+    source_train_steps: int = 300
     seed: int = 0
     json_out: str | None = None
 
@@ -103,14 +103,14 @@ def shakespeare_source(args: Args):
     training = TrainingArguments(
         output_dir=str(folder / "train"),
         max_steps=args.source_train_steps,
-        per_device_train_batch_size=16,
+        per_device_train_batch_size=8,
         learning_rate=2e-3,
         lr_scheduler_type="cosine",
-        warmup_steps=50,
+        warmup_steps=30,
         weight_decay=0.1,
         save_strategy="no",
         report_to="none",
-        logging_steps=100,
+        logging_steps=50,
         seed=args.seed,
         use_cpu=not torch.cuda.is_available(),
     )

@@ -216,7 +216,11 @@ def calibrate(
         tokenizer, num_samples, seq_len, seed, dataset, dataset_config, data_files, exclude_last, blocks
     )
     modules = family_for(model.config).attention_modules(model)
-    moments = collect_moments(model, modules, input_ids, batch_size)
+    training = model.training
+    try:
+        moments = collect_moments(model.eval(), modules, input_ids, batch_size)  # no dropout in the statistics
+    finally:
+        model.train(training)
     if blocks is not None:
         source = "given blocks"
     elif data_files:

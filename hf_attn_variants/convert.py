@@ -6,6 +6,7 @@ import copy
 from collections.abc import Mapping
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from .calibration import Calibration, call_hidden_states, module_calls, replay_inputs, with_ones
@@ -171,8 +172,16 @@ def check_merge_options(family, kv_init, grouping, fit, sequential, calibration)
 @torch.no_grad()
 def _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential):
     """Merge each layer's heads in MHA form (the source expanded exactly), then pool the now equal heads."""
-    from tqdm.auto import tqdm
+    training = model.training
+    model.eval()  # no dropout while the source is replayed
+    try:
+        merged = _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential)
+    finally:
+        model.train(training)
+    return merged.train(training)
 
+
+def _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential):
     mha = convert(model, "mha")
     config = mha.config
     modules = family.attention_modules(mha)

@@ -106,7 +106,7 @@ def _least_squares_maps(feats: torch.Tensor, shared: torch.Tensor, s: torch.Tens
     """``(n, m, m)``: for each head the map ``M_h`` minimising ``E||feats_h x - M_h shared x||^2``."""
     cross = feats @ s @ shared.mT  # (n, m, m): E[f_h z^T]
     gram = shared @ s @ shared.mT  # (m, m): E[z z^T]
-    return cross @ torch.linalg.pinv(gram, hermitian=True, rtol=1e-10)
+    return cross @ torch.linalg.pinv(gram, hermitian=True, rtol=1e-8)
 
 
 def _procrustes(cross: torch.Tensor) -> torch.Tensor:
@@ -207,7 +207,9 @@ def merge_rotary(
     turned = phase.unsqueeze(-1) * keys
     cross = torch.einsum("hpi,ij,pj->hp", turned, sc, shared.conj())  # (n, P): E[k_h conj(z)]
     energy = torch.einsum("pi,ij,pj->p", shared, sc, shared.conj()).real  # (P,)
-    coef = torch.where(energy > 0, cross / energy.clamp(min=1e-300), torch.zeros_like(cross))
+    heads_energy = torch.einsum("hpi,ij,hpj->p", keys, sc, keys.conj()).real / n
+    usable = energy > 1e-12 * heads_energy  # a shared pair that cancelled out carries no key: no coefficient
+    coef = torch.where(usable, cross / energy.clamp(min=1e-300), torch.zeros_like(cross))
     if method == "svd":  # turn the shared pair so that the heads' coefficients add up to a positive real
         turn = coef.sum(0)
         turn = torch.where(turn.abs() > 0, turn / turn.abs().clamp(min=1e-300), torch.ones_like(turn))
@@ -298,9 +300,11 @@ def _select(heads: LayerHeads, index) -> LayerHeads:
 
 
 def merge_costs(heads: LayerHeads, s: torch.Tensor, layout: HeadLayout) -> torch.Tensor:
-    """``(H, H)``: how much of two heads' keys and values a shared head loses (the ``svd`` residual, 0 to 2).
+    """``(H, H)``: how much of two heads' keys and values a shared head loses (the ``svd`` residual).
 
-    The key and value residuals are each a fraction of the pair's (weighted) energy, so identical heads cost 0.
+    The key residual (weighted by the queries) and the value residual (weighted by the output projection)
+    are each a fraction of the pair's energy of that kind, from 0 (identical heads) to 1/2; the cost is
+    their sum. The diagonal is 0.
     """
     count = heads.q.shape[0]
     costs = torch.zeros(count, count, dtype=heads.q.dtype)
@@ -314,15 +318,16 @@ def merge_costs(heads: LayerHeads, s: torch.Tensor, layout: HeadLayout) -> torch
     for h in range(count):
         for g in range(h + 1, count):
             pair = key_gram[:, [h, g]][:, :, [h, g]]  # (P, 2, 2)
-            energy = pair.diagonal(dim1=-2, dim2=-1).real.sum()
-            lost = torch.linalg.eigvalsh(pair)[:, 0].clamp(min=0).sum()
-            for feats in (key_feats, value_feats):
+            key_energy = pair.diagonal(dim1=-2, dim2=-1).real.sum()
+            key_lost = torch.linalg.eigvalsh(pair)[:, 0].clamp(min=0).sum()
+            parts = []
+            for feats, energy, lost in ((key_feats, key_energy, key_lost), (value_feats, 0.0, 0.0)):
                 if feats.shape[1]:
                     stacked = feats[[h, g]].reshape(-1, feats.shape[-1])
                     values = torch.linalg.eigvalsh(stacked @ s @ stacked.mT).clamp(min=0)  # ascending
                     energy, lost = energy + values.sum(), lost + values[: feats.shape[1]].sum()
-            key_value = lost / energy if energy > 0 else torch.tensor(0.0, dtype=costs.dtype)
-            costs[h, g] = costs[g, h] = key_value
+                parts.append(float(lost / energy) if energy > 0 else 0.0)
+            costs[h, g] = costs[g, h] = sum(parts)  # keys and values each count as a fraction of their energy
     return costs
 
 

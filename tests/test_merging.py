@@ -365,3 +365,14 @@ def test_cli_convert_merges_with_calibration_in_memory(tmp_path, capsys):
         cli.main(["convert", str(folder), str(tmp_path / "bad"), "--variant", "mqa", "--grouping", "nearest"])
     assert exit_code.value.code == 2 and not (tmp_path / "bad").exists()
     assert "invalid choice: 'nearest'" in capsys.readouterr().err
+
+
+def test_merging_runs_in_eval_mode_and_keeps_the_training_flag():
+    source = tiny_model("llama", attention_dropout=0.5).train()
+    calibration = calibration_of(source.eval())
+    source.train()
+    first = hav.convert(source, "mqa", kv_init="svd", calibration=calibration, sequential=True)
+    second = hav.convert(source, "mqa", kv_init="svd", calibration=calibration, sequential=True)
+    assert source.training and first.training
+    ids = random_ids()
+    torch.testing.assert_close(logits(first.eval(), ids), logits(second.eval(), ids), atol=0, rtol=0)
