@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup main test lint format bench
+.PHONY: setup main test lint format bench quality
 
 $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 bench: setup
 	$(BIN)/python bench/decode.py --json_out out/bench/decode.json
 	$(BIN)/python bench/streaming_conversion.py --json_out out/bench/streaming_conversion.json
+	$(BIN)/python bench/plugin_overhead.py --json_out out/bench/plugin_overhead.json
+
+quality: setup
+	$(BIN)/python bench/conversion_quality.py --model smollm2 --methods mean "mean + fit" aligned "aligned + fit" svd "svd + sequential" --calibration_samples 32 --uptrain_steps 30 --json_out out/bench/quality_smollm2.json
 
 lint: setup
 	$(BIN)/ruff check hf_attn_variants tests scripts bench
