@@ -39,6 +39,8 @@ METHODS = {
     "svd + similarity": dict(kv_init="svd", grouping="similarity"),
     "svd + sequential": dict(kv_init="svd", sequential=True),
     "svd + similarity + sequential": dict(kv_init="svd", grouping="similarity", sequential=True),
+    "svd + refine": dict(kv_init="svd", refine_steps=30),
+    "svd + sequential + refine": dict(kv_init="svd", sequential=True, refine_steps=30),
 }
 
 

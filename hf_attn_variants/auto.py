@@ -15,7 +15,14 @@ from .convert import convert, merges_heads
 from .families import family_for
 
 _VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
-_MERGE_KWARGS = ("calibration", "grouping", "fit", "sequential")  # options of hav.convert, not of the config
+_MERGE_KWARGS = (
+    "calibration",
+    "grouping",
+    "fit",
+    "sequential",
+    "refine_steps",
+    "refine_lr",
+)  # options of hav.convert, not of the config
 _AUTO_ONLY_KWARGS = ("_from_auto", "adapter_kwargs", "trust_remote_code")
 
 

@@ -240,6 +240,9 @@ class MergeArguments:
     sequential: bool = field(
         default=False, metadata={"help": "merge layer by layer on the partly converted model, re-fitting outputs"}
     )
+    refine_steps: int = field(
+        default=0, metadata={"help": "Adam steps per attention layer matching the source's outputs (0: none)"}
+    )
     calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})
     calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration block"})
     calibration_seed: int = 0
@@ -265,7 +268,13 @@ class MergeArguments:
                 blocks=use_blocks,
             )
 
-        return dict(grouping=self.grouping, fit=self.fit, sequential=self.sequential, calibration=build)
+        return dict(
+            grouping=self.grouping,
+            fit=self.fit,
+            sequential=self.sequential,
+            refine_steps=self.refine_steps,
+            calibration=build,
+        )
 
     def describe(self) -> dict:
         return asdict(self)

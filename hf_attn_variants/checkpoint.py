@@ -63,7 +63,7 @@ def convert_checkpoint(
     check_kv_shapes(files, base)
     torch_dtype = dtype_from_name(dtype)
     merge = merge or MergeArguments()
-    merging = merges_heads(kv_init, merge.grouping, merge.fit, merge.sequential) and (
+    merging = merges_heads(kv_init, merge.grouping, merge.fit, merge.sequential, merge.refine_steps) and (
         request.num_key_value_heads % family_for(base).num_kv_heads(base) != 0
     )
     if files and not merging:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
@@ -77,7 +77,9 @@ def convert_checkpoint(
     try:
         options = {}
         if merging:  # merged in memory from calibration statistics (the source's tokenizer reads the text)
-            options = dict(grouping=merge.grouping, fit=merge.fit, sequential=merge.sequential)
+            options = dict(
+                grouping=merge.grouping, fit=merge.fit, sequential=merge.sequential, refine_steps=merge.refine_steps
+            )
             options["calibration"] = dict(
                 num_samples=merge.calibration_samples,
                 seq_len=merge.calibration_seq_len,

@@ -29,6 +29,7 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grouping", choices=GROUPINGS, default="contiguous", help="which query heads share K/V")
     parser.add_argument("--fit", action="store_true", help="least-squares re-fit of queries and outputs")
     parser.add_argument("--sequential", action="store_true", help="merge layer by layer, re-fitting outputs")
+    parser.add_argument("--refine-steps", type=int, default=0, help="Adam steps per layer matching the source")
     parser.add_argument("--calibration-samples", type=int, default=128, help="calibration blocks (default 128)")
     parser.add_argument("--calibration-seq-len", type=int, default=256, help="tokens per calibration block")
     parser.add_argument("--calibration-seed", type=int, default=0)

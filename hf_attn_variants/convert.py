@@ -87,6 +87,8 @@ def convert(
     grouping: str = "contiguous",
     fit: bool = False,
     sequential: bool = False,
+    refine_steps: int = 0,
+    refine_lr: float = 1e-4,
 ) -> PreTrainedModel:
     """``model`` in another attention variant, as a new model sharing every tensor that did not change.
 
@@ -105,6 +107,9 @@ def convert(
         fit: after merging, re-fit each query head and output projection by least squares (``svd`` always does).
         sequential: recompute the calibration statistics of each layer on the model whose earlier layers are
             already converted (needs ``calibration``; one forward pass over its text per layer).
+        refine_steps: after merging, train each converted attention layer in turn for this many Adam steps
+            (learning rate ``refine_lr``) so that its output on the calibration text matches the source
+            attention's on the same inputs (local reconstruction; only attention weights change).
 
     Raises:
         ValueError: unsupported family, bad variant, head count, method or grouping, quantized model.
@@ -115,8 +120,8 @@ def convert(
     family.check_config(config)
     dst = resolve_num_kv_heads(attn_variant, num_key_value_heads, family.num_heads(config))
     check_kv_init(kv_init)
-    check_merge_options(family, kv_init, grouping, fit, sequential, calibration)
-    if merges_heads(kv_init, grouping, fit, sequential) and dst % family.num_kv_heads(config):
+    check_merge_options(family, kv_init, grouping, fit, sequential, calibration, refine_steps)
+    if merges_heads(kv_init, grouping, fit, sequential, refine_steps) and dst % family.num_kv_heads(config):
         if callable(calibration) and not isinstance(calibration, Calibration):
             calibration = calibration()  # built only now that heads are merged
         if calibration is None:
@@ -125,7 +130,10 @@ def convert(
                 "calibration statistics: pass calibration=hf_attn_variants.calibrate(model, tokenizer) (or use "
                 "kv_init='mean' without fit, grouping or sequential)"
             )
-        return _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential)
+        merged = _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential)
+        if refine_steps:
+            refine_attention(model, merged, family, calibration, refine_steps, refine_lr)
+        return merged
     target_config = family.target_config(config, dst)
     target_class = family.target_class(type(model), dst, config)
     state = convert_state_dict(model.state_dict(), config, dst, kv_init, seed)
@@ -144,16 +152,18 @@ def convert(
     return new
 
 
-def merges_heads(kv_init: str, grouping: str, fit: bool, sequential: bool = False) -> bool:
+def merges_heads(kv_init: str, grouping: str, fit: bool, sequential: bool = False, refine_steps: int = 0) -> bool:
     """Whether these options need the layer-by-layer merge rather than tensor-by-tensor pooling."""
-    return kv_init in MERGE_KV_INITS or grouping != "contiguous" or fit or sequential
+    return kv_init in MERGE_KV_INITS or grouping != "contiguous" or fit or sequential or refine_steps > 0
 
 
-def check_merge_options(family, kv_init, grouping, fit, sequential, calibration) -> None:
+def check_merge_options(family, kv_init, grouping, fit, sequential, calibration, refine_steps=0) -> None:
     """Refuse combinations of merge options that do not make sense, naming the valid choices."""
+    if not isinstance(refine_steps, int) or refine_steps < 0:
+        raise ValueError(f"refine_steps={refine_steps!r} must be a whole number, 0 or more")
     if grouping not in GROUPINGS:
         raise ValueError(f"grouping={grouping!r} is not one of {list(GROUPINGS)}")
-    if merges_heads(kv_init, grouping, fit, sequential) and kv_init in ("first", "random"):
+    if merges_heads(kv_init, grouping, fit, sequential, refine_steps) and kv_init in ("first", "random"):
         raise ValueError(
             f"kv_init={kv_init!r} cannot be combined with grouping={grouping!r} or fit=True; use mean, aligned or svd"
         )
@@ -240,6 +250,41 @@ def fit_output_projection(source, variant, out_name, calls, source_cols, views) 
     ridge = 1e-6 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
     w_var = torch.linalg.solve(gram + ridge, cross @ w_src.T).T  # (hidden, H * head_dim)
     views["o"].copy_(w_var.unflatten(1, views["o"].shape[1:]))
+
+
+def refine_attention(source, variant, family, calibration, steps: int, lr: float) -> None:
+    """Train each attention layer of ``variant`` in turn to reproduce ``source``'s attention output.
+
+    Layer by layer, from the first: the layer's inputs are collected on the calibration text through the
+    already refined layers before it, the source's attention module gives the target on the same inputs,
+    and Adam takes ``steps`` full passes over them on the layer's own weights (loss: squared error over the
+    target's mean square). Nothing else changes.
+    """
+    training = (source.training, variant.training)
+    source.eval(), variant.eval()
+    sources = dict(family.attention_modules(source))
+    try:
+        for name, module in tqdm(family.attention_modules(variant), desc="refine attention layers"):
+            calls = module_calls(variant, module, calibration.input_ids)
+            with torch.no_grad():
+                targets = [sources[name](*args, **kwargs)[0] for args, kwargs in calls]
+            params = list(module.parameters())
+            flags = [p.requires_grad for p in params]
+            optimizer = torch.optim.Adam(params, lr=lr)
+            with torch.enable_grad():
+                for p in params:
+                    p.requires_grad_(True)
+                for _ in range(steps):
+                    for (args, kwargs), target in zip(calls, targets, strict=True):
+                        out = module(*args, **kwargs)[0]
+                        loss = (out - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-12)
+                        (loss / len(calls)).backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            for p, flag in zip(params, flags, strict=True):
+                p.requires_grad_(flag)
+    finally:
+        source.train(training[0]), variant.train(training[1])
 
 
 def _read_heads(views) -> LayerHeads:

@@ -376,3 +376,19 @@ def test_merging_runs_in_eval_mode_and_keeps_the_training_flag():
     assert source.training and first.training
     ids = random_ids()
     torch.testing.assert_close(logits(first.eval(), ids), logits(second.eval(), ids), atol=0, rtol=0)
+
+
+def test_refining_trains_only_attention_weights_towards_the_source():
+    source = tiny_model("llama").double()
+    calibration = calibration_of(source, n=16, length=16)
+    merged = hav.convert(source, "mqa", kv_init="svd", calibration=calibration)
+    refined = hav.convert(source, "mqa", kv_init="svd", calibration=calibration, refine_steps=20, refine_lr=1e-3)
+    ids = calibration.input_ids
+    target = logits(source, ids)
+    assert (logits(refined, ids) - target).norm() < (logits(merged, ids) - target).norm()
+    before, after = merged.state_dict(), refined.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and all(".self_attn." in name for name in changed), changed
+    assert not any(p.requires_grad is False for p in refined.parameters())  # flags restored
+    with pytest.raises(ValueError, match="refine_steps=-1"):
+        hav.convert(source, "mqa", kv_init="svd", calibration=calibration, refine_steps=-1)
