@@ -191,43 +191,30 @@ def collect_moments(
     return {name: total / input_ids.numel() for name, total in sums.items()}
 
 
-def calibrate(
-    model,
-    tokenizer=None,
-    num_samples: int = 128,
-    seq_len: int = 256,
-    seed: int = 0,
-    dataset: str | None = None,
-    dataset_config: str | None = None,
-    data_files=None,
-    exclude_last: float = 0.1,
-    blocks=None,
-    batch_size: int = 8,
-) -> Calibration:
-    """Calibrate ``model`` (any supported family and variant) on ``num_samples`` blocks of text.
+def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibration:
+    """Calibrate ``model`` (any supported family and variant) on blocks of text, ``batch_size`` at a time.
 
-    The text comes from ``dataset``/``data_files`` as in training (by default Python's help text, less the
-    last ``exclude_last`` that training holds out), or from ``blocks``; blocks are drawn by ``seed``. See
-    :func:`calibration_blocks`.
+    ``draw`` are :func:`calibration_blocks`' options: ``num_samples`` (128), ``seq_len`` (256), ``seed`` (0),
+    ``dataset``/``dataset_config``/``data_files`` (by default Python's help text, less the last
+    ``exclude_last`` = 10% that training holds out) or ``blocks`` (token blocks to draw from directly).
     """
     from .families import family_for
 
-    input_ids = calibration_blocks(
-        tokenizer, num_samples, seq_len, seed, dataset, dataset_config, data_files, exclude_last, blocks
-    )
+    input_ids = calibration_blocks(tokenizer, **draw)
     modules = family_for(model.config).attention_modules(model)
     training = model.training
     try:
         moments = collect_moments(model.eval(), modules, input_ids, batch_size)  # no dropout in the statistics
     finally:
         model.train(training)
-    if blocks is not None:
+    files = draw.get("data_files")
+    if draw.get("blocks") is not None:
         source = "given blocks"
-    elif data_files:
-        source = ", ".join(map(str, [data_files] if isinstance(data_files, (str, Path)) else data_files))
+    elif files:
+        source = ", ".join(map(str, [files] if isinstance(files, (str, Path)) else files))
     else:
-        source = dataset or DEFAULT_DATASET
-    info = {"num_samples": num_samples, "seq_len": int(input_ids.shape[1]), "seed": seed, "exclude_last": exclude_last}
+        source = draw.get("dataset") or DEFAULT_DATASET
+    info = {"num_samples": len(input_ids), "seq_len": int(input_ids.shape[1]), "seed": draw.get("seed", 0)}
     return Calibration(moments, input_ids, source, info)
 
 
