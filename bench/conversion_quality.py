@@ -51,6 +51,8 @@ class Args:
     variants: list[str] = field(default_factory=list, metadata={"help": "mqa, gqa:4 ... (default per model)"})
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     calibration_samples: int = 64
+    refine_steps: int = 30
+    refine_lr: float = 1e-4
     block_size: int = 256
     eval_blocks: int = 16
     uptrain_steps: int = 30
@@ -199,6 +201,8 @@ def main():
         rows = {}
         for label in args.methods:
             options = {"calibration": calibration, **METHODS[label]}
+            if options.get("refine_steps"):
+                options.update(refine_steps=args.refine_steps, refine_lr=args.refine_lr)
             if options.get("grouping") == "similarity" and name == "mqa":
                 continue  # one group: nothing to choose
             start = time.perf_counter()
