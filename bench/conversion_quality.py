@@ -15,7 +15,6 @@ method are uptrained for the same ``--uptrain_steps`` and scored again. Writes J
 from __future__ import annotations
 
 import copy
-import json
 import math
 import string
 import time
@@ -27,6 +26,7 @@ import transformers
 from transformers import HfArgumentParser, TrainingArguments
 
 import hf_attn_variants as hav
+from hf_attn_variants.io import write_json
 from hf_attn_variants.training import DataArguments, ModelArguments, UptrainArguments, load_blocks, make_trainer
 
 # (label, convert keyword arguments)
@@ -228,9 +228,7 @@ def main():
             "uptrain_tokens": args.uptrain_steps * args.uptrain_batch_size * args.block_size,
         }
     print(markdown(results))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    write_json(args.json_out, results)
 
 
 def markdown(results: dict) -> str:

@@ -15,10 +15,8 @@ StaticCache filled with random K/V (see hf_attn_variants.timing.decode_step).
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import transformers
@@ -26,6 +24,7 @@ from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
 from hf_attn_variants import timing
+from hf_attn_variants.io import write_json
 
 
 @dataclass
@@ -98,9 +97,7 @@ def main():
                 )
             del steps
     print(markdown(rows, args))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps({"args": asdict(args), "rows": rows}, indent=2))
+    write_json(args.json_out, {"args": asdict(args), "rows": rows})
 
 
 def markdown(rows: list[dict], args: Args) -> str:

@@ -12,9 +12,7 @@ both interleaved: a decode step on a StaticCache at ``--batch`` x ``--context`` 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import transformers
@@ -23,6 +21,7 @@ from transformers import HfArgumentParser
 import hf_attn_variants as hav
 from hf_attn_variants import timing
 from hf_attn_variants.families.registry import variant_config_class, variant_model_classes
+from hf_attn_variants.io import write_json
 
 
 @dataclass
@@ -89,9 +88,7 @@ def main():
             }
         )
     print(markdown(rows, args))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps({"args": asdict(args), "rows": rows}, indent=2))
+    write_json(args.json_out, {"args": asdict(args), "rows": rows})
 
 
 def markdown(rows: list[dict], args: Args) -> str:

@@ -148,9 +148,9 @@ def main():
         "budget": 2 * checkpoint["largest_shard"] + 300 * 2**20,
     }
     print(json.dumps(result, indent=2))
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2))
+    from hf_attn_variants.io import write_json
+
+    write_json(args.json_out, result)
     if not args.workdir:
         shutil.rmtree(root)
 

@@ -8,6 +8,7 @@ on the partly converted model (``sequential=True``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -93,6 +94,17 @@ def calibration_blocks(
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(seed))[:num_samples].sort().values
     rows = blocks.select(order.tolist())["input_ids"] if hasattr(blocks, "select") else [blocks[i] for i in order]
     return torch.as_tensor(rows, dtype=torch.long)
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """``models`` in eval mode (no dropout) inside the block; each gets its own training flag back after."""
+    flags = [m.training for m in models]
+    try:
+        yield tuple(m.eval() for m in models)
+    finally:
+        for model, flag in zip(models, flags, strict=True):
+            model.train(flag)
 
 
 class _Stop(Exception):
@@ -202,11 +214,8 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibrat
 
     input_ids = calibration_blocks(tokenizer, **draw)
     modules = family_for(model.config).attention_modules(model)
-    training = model.training
-    try:
-        moments = collect_moments(model.eval(), modules, input_ids, batch_size)  # no dropout in the statistics
-    finally:
-        model.train(training)
+    with eval_mode(model):  # no dropout in the statistics
+        moments = collect_moments(model, modules, input_ids, batch_size)
     files = draw.get("data_files")
     if draw.get("blocks") is not None:
         source = "given blocks"

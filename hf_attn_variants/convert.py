@@ -9,7 +9,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .calibration import Calibration, call_hidden_states, module_calls, replay_inputs, with_ones
+from .calibration import Calibration, call_hidden_states, eval_mode, module_calls, replay_inputs, with_ones
 from .families import family_for
 from .merging import LayerHeads, merge_costs, merge_layer, similarity_groups
 from .variants import GROUPINGS, MERGE_KV_INITS, check_kv_init, resolve_num_kv_heads
@@ -182,13 +182,9 @@ def check_merge_options(family, kv_init, grouping, fit, sequential, calibration,
 @torch.no_grad()
 def _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential):
     """Merge each layer's heads in MHA form (the source expanded exactly), then pool the now equal heads."""
-    training = model.training
-    model.eval()  # no dropout while the source is replayed
-    try:
+    with eval_mode(model):  # no dropout while the source is replayed
         merged = _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential)
-    finally:
-        model.train(training)
-    return merged.train(training)
+    return merged.train(model.training)
 
 
 def _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential):
@@ -260,10 +256,8 @@ def refine_attention(source, variant, family, calibration, steps: int, lr: float
     and Adam takes ``steps`` full passes over them on the layer's own weights (loss: squared error over the
     target's mean square). Nothing else changes.
     """
-    training = (source.training, variant.training)
-    source.eval(), variant.eval()
     sources = dict(family.attention_modules(source))
-    try:
+    with eval_mode(source, variant):
         for name, module in tqdm(family.attention_modules(variant), desc="refine attention layers"):
             calls = module_calls(variant, module, calibration.input_ids)
             with torch.no_grad():
@@ -283,8 +277,6 @@ def refine_attention(source, variant, family, calibration, steps: int, lr: float
                     optimizer.zero_grad(set_to_none=True)
             for p, flag in zip(params, flags, strict=True):
                 p.requires_grad_(flag)
-    finally:
-        source.train(training[0]), variant.train(training[1])
 
 
 def _read_heads(views) -> LayerHeads:

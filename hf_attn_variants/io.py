@@ -116,3 +116,10 @@ def _check_safetensors(path: Path) -> None:
             handle.keys()
     except Exception as err:  # safetensors raises its own SafetensorError, neither OSError nor ValueError
         raise ValueError(f"{path.name!r} is not a readable safetensors file: {err} (truncated or corrupt?)") from err
+
+
+def write_json(path: str | os.PathLike | None, data) -> None:
+    """Write ``data`` as indented JSON to ``path`` (its folder created); nothing when ``path`` is ``None``."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(data, indent=2))

@@ -11,10 +11,8 @@ token read off the cache after a forward pass, and the greedy answer to "What is
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import transformers
@@ -22,6 +20,7 @@ from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
 from hf_attn_variants.default_model import default_model
+from hf_attn_variants.io import write_json
 from hf_attn_variants.kv_cache import cache_nbytes
 
 
@@ -88,9 +87,7 @@ def main():
             f"| {r['variant']} | {r['num_key_value_heads']} | {r['max_abs_logit_diff']:.2e} | {r['perplexity']:.1f} "
             f"| {r['kv_bytes_per_token']} | {r['answer']!r} |"
         )
-    if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(rows, indent=2))
+    write_json(args.json_out, rows)
 
 
 if __name__ == "__main__":
