@@ -1,20 +1,34 @@
-"""Decode-step latency of MHA / GQA / MQA: speedups over MHA and bandwidth efficiency, in one run.
+"""Decode-step latency of MHA / GQA / MQA on three paths: speedups over MHA and bandwidth efficiency, in one run.
 
     python bench/decode.py --json_out out/bench/decode.json
-    python bench/decode.py --batches 1 8 --contexts 512 2048 8192 --rounds 15
+    python bench/decode.py --batches 8 --contexts 8192 --rounds 15
 
 The reference shape of ../shared/BENCHMARKS.md (fp32 Llama: hidden 1024, 16 heads of 64, 4 layers,
-intermediate 2816, vocab 4096) in MHA-16, GQA-4 and MQA, converted from one random MHA model. For each
-(batch, context) every variant's decode step runs interleaved round-robin with the others and with a read
-of a 1 GiB tensor (the machine's read bandwidth, measured in the same rounds). Reported per variant: the
-median step time, the speedup over MHA (median of per-round ratios) next to the bytes ideal, and the
-bandwidth efficiency: (weights read + KV cache bytes) / read bandwidth / step time (the input embedding
-matrix is not counted: a step reads one row of it). The cache is transformers'
-StaticCache filled with random K/V (see hf_attn_variants.timing.decode_step).
+intermediate 2816, vocab 4096) in MHA-16, GQA-4 and MQA, converted from one random MHA model, each on three
+decode paths:
+
+- ``native, DynamicCache``: transformers' sdpa with ``generate()``'s default cache (concatenates every step);
+- ``native, StaticCache``: transformers' sdpa with ``cache_implementation="static"``;
+- ``plugin``: ``hav.enable_fast_decode`` (``attn_implementation="hav_sdpa"`` with the StaticCache): query
+  heads stacked per K/V head, and only the cached positions read.
+
+Both static caches hold ``--spare`` slots after the current token, as a cache that ``generate()`` sized to
+the prompt plus ``max_new_tokens`` does mid-generation. For each (batch, context) all nine run interleaved
+round-robin with two probes: a sum over a 1 GiB tensor (the read bandwidth) and a 1024^3 matmul (the
+matmul throughput), measured in the same rounds. Reported per variant and path: the median step time, the
+speedup over MHA on the same path (median of per-round ratios) next to the bytes ideal, and
+
+- bandwidth efficiency: bytes floor / step time, the bytes floor = (weights + the context + 1 cached
+  positions, each read once) / read bandwidth (the input embedding is not counted: a step reads one row);
+- roofline efficiency: max(bytes floor, FLOP floor) / step time, the FLOP floor = the step's matmul FLOPs
+  (2 x batch x weights + 4 x batch x heads x head_dim x positions x layers) / matmul throughput. On a
+  2-core CPU the step of GQA and MQA at batch 8 does more arithmetic per cached byte than the cores keep
+  up with, and this is the floor that binds.
 """
 
 from __future__ import annotations
 
+import copy
 import statistics
 from dataclasses import asdict, dataclass, field
 
@@ -26,15 +40,23 @@ import hf_attn_variants as hav
 from hf_attn_variants import timing
 from hf_attn_variants.io import write_json
 
+PATHS = {  # label: (attn_implementation, cache)
+    "native, DynamicCache": ("sdpa", "dynamic"),
+    "native, StaticCache": ("sdpa", "static"),
+    "plugin": (hav.FAST_DECODE_ATTENTION, "static"),
+}
+
 
 @dataclass
 class Args:
     batches: list[int] = field(default_factory=lambda: [1, 8])
     contexts: list[int] = field(default_factory=lambda: [512, 2048, 8192])
     kv_heads: list[int] = field(default_factory=lambda: [16, 4, 1])
+    paths: list[str] = field(default_factory=lambda: list(PATHS))
+    spare: int = field(default=128, metadata={"help": "static-cache slots after the current token"})
     rounds: int = 15
-    attn_implementation: str = "sdpa"
     threads: int | None = None
+    profile: bool = field(default=True, metadata={"help": "break each step's time down at the last grid point"})
     json_out: str | None = None
 
 
@@ -52,69 +74,139 @@ def reference_model():
     return transformers.LlamaForCausalLM(config).eval()
 
 
+def step_flops(config, weights: int, batch: int, positions: int) -> int:
+    """Matmul FLOPs of one decode step: every weight once per sequence, and q.k and p.v over the positions."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    attention = 4 * config.num_attention_heads * head_dim * positions * config.num_hidden_layers
+    return batch * (2 * weights + attention)
+
+
+def breakdown(step, steps: int = 3) -> dict[str, float]:
+    """Seconds per step spent in the weight matmuls, in attention, and in everything else (torch profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    parts = {"weight matmuls": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        if event.key in ("aten::mm", "aten::addmm"):
+            part = "weight matmuls"
+        elif "scaled_dot_product" in event.key or "flash_attention" in event.key or event.key == "aten::bmm":
+            part = "attention"
+        else:
+            part = "other"
+        parts[part] += event.self_cpu_time_total / 1e6 / steps
+    return parts
+
+
 def main():
     (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    unknown = sorted(set(args.paths) - set(PATHS))
+    if unknown:
+        raise SystemExit(f"paths {unknown} are not among {list(PATHS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     mha = reference_model()
-    mha.set_attn_implementation(args.attn_implementation)
-    models = {hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g) for g in args.kv_heads}
-    # a step reads every weight once, except the input embedding, of which it reads one row per sequence
-    embedding = mha.get_input_embeddings().weight
-    weights = sum(p.numel() * p.element_size() for p in mha.parameters() if p is not embedding)
+    variants = {hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g) for g in args.kv_heads}
+    models = {}  # (variant, path) -> model with that path's attention
+    for label, model in variants.items():
+        for path in args.paths:
+            models[label, path] = copy.deepcopy(model)
+            models[label, path].set_attn_implementation(PATHS[path][0])
+    embedding = mha.get_input_embeddings()
+    weights = sum(p.numel() for p in mha.parameters() if p is not embedding.weight)  # elements
+    weight_bytes = weights * embedding.weight.element_size()
     probe = torch.ones(2**28)  # 1 GiB of fp32
-
-    def read():
-        probe.sum()
+    square = torch.randn(1024, 1024)
+    probes = {"read 1 GiB": probe.sum, "matmul 1024^3": lambda: square @ square}
 
     rows = []
     for batch in args.batches:
         for context in args.contexts:
             steps, cache_bytes = {}, {}
-            for label, model in models.items():
-                steps[label], cache_bytes[label] = timing.decode_step(model, batch, context)
-            times = timing.interleaved({**steps, "read 1 GiB": read}, args.rounds, desc=f"batch {batch} x {context}")
-            bandwidth = probe.nbytes / statistics.median(times.pop("read 1 GiB"))
-            base = next(iter(models))
-            ratio = timing.ratios(times, base)
-            for label in models:
-                step = statistics.median(times[label])
-                floor = (weights + cache_bytes[label]) / bandwidth
-                ideal = (weights + cache_bytes[label]) / (weights + cache_bytes[base])
-                rows.append(
-                    {
-                        "batch": batch,
-                        "context": context,
-                        "variant": label,
-                        "step_seconds": timing.summarize(times[label]),
-                        "speedup_over_mha": 1 / ratio[label]["median"],
-                        "ideal_speedup": 1 / ideal,
-                        "kv_cache_bytes": cache_bytes[label],
-                        "weights_bytes": weights,
-                        "read_bandwidth_bytes_per_s": bandwidth,
-                        "bandwidth_efficiency": floor / step,
-                    }
+            for (label, path), model in models.items():
+                steps[label, path], cache_bytes[label, path] = timing.decode_step(
+                    model, batch, context, cache=PATHS[path][1], spare=args.spare
                 )
-            del steps
+            named = {f"{label} | {path}": step for (label, path), step in steps.items()}
+            times = timing.interleaved({**named, **probes}, args.rounds, desc=f"batch {batch} x {context}")
+            bandwidth = probe.nbytes / statistics.median(times.pop("read 1 GiB"))
+            flops_per_s = 2 * 1024**3 / statistics.median(times.pop("matmul 1024^3"))
+            base = next(iter(variants))
+            for path in args.paths:
+                ratio = timing.ratios({label: times[f"{label} | {path}"] for label in variants}, base)
+                for label in variants:
+                    step = statistics.median(times[f"{label} | {path}"])
+                    nbytes = weight_bytes + cache_bytes[label, path]
+                    bytes_floor = nbytes / bandwidth
+                    flop_floor = step_flops(mha.config, weights, batch, context + 1) / flops_per_s
+                    rows.append(
+                        {
+                            "batch": batch,
+                            "context": context,
+                            "variant": label,
+                            "path": path,
+                            "step_seconds": timing.summarize(times[f"{label} | {path}"]),
+                            "speedup_over_mha": 1 / ratio[label]["median"],
+                            "speedup_over_mha_iqr": [1 / ratio[label]["q3"], 1 / ratio[label]["q1"]],
+                            "ideal_speedup": (weight_bytes + cache_bytes[base, path]) / nbytes,
+                            "kv_cache_bytes_read": cache_bytes[label, path],
+                            "weights_bytes": weight_bytes,
+                            "read_bandwidth_bytes_per_s": bandwidth,
+                            "matmul_flops_per_s": flops_per_s,
+                            "bytes_floor_seconds": bytes_floor,
+                            "flop_floor_seconds": flop_floor,
+                            "bandwidth_efficiency": bytes_floor / step,
+                            "roofline_efficiency": max(bytes_floor, flop_floor) / step,
+                        }
+                    )
+            if args.profile and (batch, context) == (args.batches[-1], args.contexts[-1]):
+                for (label, path), step in steps.items():
+                    row = next(r for r in rows[-len(steps) :] if (r["variant"], r["path"]) == (label, path))
+                    row["profile_seconds"] = breakdown(step)
+            del steps, named
     print(markdown(rows, args))
     write_json(args.json_out, {"args": asdict(args), "rows": rows})
 
 
 def markdown(rows: list[dict], args: Args) -> str:
     lines = [
-        f"Decode step, reference shape, fp32, {args.attn_implementation}, StaticCache; {args.rounds} interleaved "
-        f"rounds; torch threads {torch.get_num_threads()}",
+        f"Decode step, reference shape, fp32; static caches with {args.spare} spare slots; {args.rounds} "
+        f"interleaved rounds; torch threads {torch.get_num_threads()}",
         "",
-        "| batch | context | variant | step (median) | speedup over MHA | ideal | bandwidth efficiency |",
-        "|---|---|---|---|---|---|---|",
+        "| batch | context | variant | path | step (median) | speedup over MHA | ideal | bandwidth eff. "
+        "| roofline eff. |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['batch']} | {r['context']} | {r['variant']} | {r['step_seconds']['median'] * 1e3:.1f} ms "
-            f"| {r['speedup_over_mha']:.2f}x | {r['ideal_speedup']:.2f}x | {r['bandwidth_efficiency']:.0%} |"
+            f"| {r['batch']} | {r['context']} | {r['variant']} | {r['path']} "
+            f"| {r['step_seconds']['median'] * 1e3:.1f} ms | {r['speedup_over_mha']:.2f}x | {r['ideal_speedup']:.2f}x "
+            f"| {r['bandwidth_efficiency']:.0%} | {r['roofline_efficiency']:.0%} |"
         )
+    profiled = [r for r in rows if "profile_seconds" in r]
+    if profiled:
+        r = profiled[0]
+        lines += [
+            "",
+            f"Where a step's time goes at batch {r['batch']} x {r['context']} (torch profiler, self time, 3 steps "
+            "after the timing):",
+            "",
+            "| variant | path | weight matmuls | attention | other |",
+            "|---|---|---|---|---|",
+        ]
+        for r in profiled:
+            p = r["profile_seconds"]
+            lines.append(
+                f"| {r['variant']} | {r['path']} | {p['weight matmuls'] * 1e3:.1f} ms | {p['attention'] * 1e3:.1f} ms "
+                f"| {p['other'] * 1e3:.1f} ms |"
+            )
+    first = rows[0]
     lines.append(
-        f"\nread bandwidth measured in the same rounds: {rows[0]['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s"
+        f"\nmeasured in the same rounds: read bandwidth {first['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s, "
+        f"matmul {first['matmul_flops_per_s'] / 1e9:.0f} GFLOP/s (first grid point)"
     )
     return "\n".join(lines)
 

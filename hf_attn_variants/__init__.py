@@ -1,7 +1,8 @@
 """hf_attn_variants: run, convert, fine-tune and evaluate decoder LLMs in MHA, GQA or MQA attention.
 
 Importing the package registers ``AttnVariantConfig`` and the variant models of plugin families with
-transformers' Auto classes.
+transformers' Auto classes, and the fast decode kernel ``attn_implementation="hav_sdpa"``
+(``hf_attn_variants.decoding``) with its ``AttentionInterface``.
 """
 
 import transformers as _transformers
@@ -10,6 +11,7 @@ from .auto import AttnVariantForCausalLM, AttnVariantModel, AutoModel, AutoModel
 from .calibration import Calibration, calibrate
 from .configuration import AttnVariantConfig
 from .convert import convert, convert_state_dict
+from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode
 from .families import families, family_for, register_family, supported_model_types
 from .heads import KV_INIT_METHODS
 from .kv_cache import kv_cache_plan
@@ -25,6 +27,7 @@ _transformers.AutoModel.register(AttnVariantConfig, AttnVariantModel)
 __all__ = [
     "ATTN_VARIANTS",
     "KV_INIT_METHODS",
+    "FAST_DECODE_ATTENTION",
     "AttnVariantConfig",
     "AttnVariantForCausalLM",
     "AttnVariantModel",
@@ -34,6 +37,7 @@ __all__ = [
     "calibrate",
     "convert",
     "convert_state_dict",
+    "enable_fast_decode",
     "families",
     "family_for",
     "kv_cache_plan",

@@ -234,5 +234,8 @@ def make_variant_model_class(family, base_class: type, config_class: type) -> ty
             "_attn_variant_base": base_class,
             # VariantAttention dispatches every kernel through ALL_ATTENTION_FUNCTIONS; ALiBi is in the eager one only
             "_supports_flex_attn": not family.alibi,
+            # and so can switch kernels with set_attn_implementation (transformers decides this from the source of
+            # the class's module, and caches it on the class, where a subclass would inherit the base's answer)
+            "_can_set_attn_implementation_cached_value": not family.alibi,
         },
     )

@@ -85,30 +85,54 @@ def peak_memory(fn: Callable[[], object], device: torch.device | str = "cpu") ->
     return result, None if before is None or peak is None else max(0, peak - before)
 
 
-def decode_step(model, batch: int, context: int) -> tuple[Callable[[], None], int]:
-    """A callable that runs one decode step of ``model`` at ``context`` cached tokens, and the cache's bytes.
+DECODE_CACHES = ("static", "dynamic")
 
-    The cache is a ``StaticCache`` filled with random keys and values (the time of a step does not depend
-    on their values, and prefilling a long context on a CPU takes minutes); each step appends one token
-    and rolls it back, so every call reads exactly ``context`` + 1 positions.
+
+def decode_step(
+    model, batch: int, context: int, cache: str = "static", spare: int = 0
+) -> tuple[Callable[[], None], int]:
+    """A callable that runs one decode step of ``model`` at ``context`` cached tokens, and the bytes of the
+    ``context + 1`` cached positions that the step reads.
+
+    The cache holds ``context`` random keys and values (the time of a step does not depend on their values,
+    and prefilling a long context on a CPU takes minutes); each step appends one token and rolls it back, so
+    every call reads exactly ``context`` + 1 positions. ``cache``:
+
+    - ``"static"``: transformers' ``StaticCache`` with ``context + 1 + spare`` slots (a ``generate()`` call
+      sizes it to the prompt plus ``max_new_tokens``, so a step usually has masked slots after it); the step
+      writes its token in place.
+    - ``"dynamic"``: ``DynamicCache``, ``generate()``'s default, which concatenates: every step copies the
+      whole cache.
     """
-    from transformers import StaticCache
+    from transformers import DynamicCache, StaticCache
 
-    cache = StaticCache(config=model.config, max_cache_len=context + 1)
+    if cache not in DECODE_CACHES:
+        raise ValueError(f"cache {cache!r} is not one of {list(DECODE_CACHES)}")
+    if cache == "static":
+        kv = StaticCache(config=model.config, max_cache_len=context + 1 + spare)
+    else:
+        kv = DynamicCache(config=model.config)
     token = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
     with torch.inference_mode():
-        model(input_ids=token, cache=cache, use_cache=True)  # allocates (batch, kv_heads, context + 1, head_dim)
-        for layer in cache.layers:
-            layer.keys.normal_()
-            layer.values.normal_()
-            layer.cumulative_length.fill_(context)  # as if `context` tokens had been prefilled
+        model(input_ids=token, cache=kv, use_cache=True)  # allocates the layers' tensors
+        for layer in kv.layers:
+            if cache == "static":
+                layer.keys.normal_()
+                layer.values.normal_()
+                layer.cumulative_length.fill_(context)  # as if `context` tokens had been prefilled
+            else:
+                shape = (*layer.keys.shape[:2], context, layer.keys.shape[-1])
+                layer.keys = torch.randn(shape, dtype=layer.keys.dtype, device=layer.keys.device)
+                layer.values = torch.randn(shape, dtype=layer.values.dtype, device=layer.values.device)
+    slots = kv.layers[0].keys.shape[-2]
+    nbytes = cache_nbytes(kv) * (context + 1) // slots  # the bytes of the context + 1 positions a step reads
 
     def step():
         with torch.inference_mode():
-            model(input_ids=token, cache=cache, use_cache=True)
-        cache.crop(-1)
+            model(input_ids=token, cache=kv, use_cache=True)
+        kv.crop(-1)
 
-    return step, cache_nbytes(cache)
+    return step, nbytes
 
 
 def prefill(model, batch: int, tokens: int) -> Callable[[], None]:
