@@ -88,7 +88,10 @@ def regroup_kv_heads(
         fresh = torch.randn((dst_kv_heads * head_dim, *rest), generator=generator, dtype=torch.float32)
         return (fresh * std).to(dtype=rows.dtype, device=rows.device)
     # mean: anchor + mean of the differences to the anchor, so that equal heads give back the same bits
-    members = heads[groups]  # (dst_kv, H/dst_kv, head_dim, *rest)
+    if torch.equal(groups.flatten(), torch.arange(src_kv_heads)):  # each source head in one group, in order
+        members = heads.reshape(dst_kv_heads, -1, head_dim, *rest)  # a view: no copy of the rows
+    else:
+        members = heads[groups]  # (dst_kv, H/dst_kv, head_dim, *rest)
     anchor = members[:, :1]
     accumulate = torch.promote_types(rows.dtype, torch.float32)  # half precisions average in float32
     pooled = anchor + (members - anchor).to(accumulate).mean(dim=1, keepdim=True).to(rows.dtype)

@@ -1,15 +1,24 @@
 """Convert a safetensors checkpoint shard by shard: never the whole model in memory.
 
-Every tensor goes through its family's ``convert_tensor`` (the same code as an in-memory conversion), one
-input shard at a time; each output shard keeps its input's name and tensors, so the index carries over.
-Peak memory is about one shard read plus its converted K/V tensors.
+Every K/V tensor goes through its family's ``convert_tensor`` (the same code as an in-memory conversion), one
+input shard at a time; each output shard keeps its input's name and tensors, so the index carries over. The
+tensors a conversion does not change (most of a model) are not loaded at all: their bytes are copied from the
+input file into the output file by the kernel (``os.copy_file_range``, as ``cp`` does), behind a header
+written for the new layout. Peak memory is about the converted K/V tensors of one shard.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
+import os
 import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -53,22 +62,38 @@ def stream_convert(
     keys = sum(_count_keys(f) for f in files)
     with tqdm(total=keys, desc="converting tensors", unit="tensor") as progress:
         for path in files:
-            converted = {}
+            header, data_start = read_header(path)
+            metadata = header.pop("__metadata__", None) or {}
+            entries = []  # (name, ByteRange of the input file) or (name, Deferred converted tensor)
             with _open(path) as handle:
-                metadata = handle.metadata() or {}
-                for key in handle.keys():
-                    tensor = handle.get_tensor(key)
-                    new = family.convert_tensor(key, tensor, config, dst, kv_init, seed)
+                for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
+                    meta = torch.empty(info["shape"], dtype=_DTYPES.get(info["dtype"], torch.uint8), device="meta")
+                    new = family.convert_tensor(key, meta, config, dst, "first")  # decided by name and shape
+                    cast = dtype is not None and info["dtype"] in _FLOATS and _DTYPES[info["dtype"]] != dtype
                     changed += new is not None and key.endswith("weight")
-                    tensor = tensor if new is None else new
-                    if dtype is not None and tensor.is_floating_point():
-                        tensor = tensor.to(dtype)
-                    converted[renamed.get(key, key)] = tensor.contiguous()
-                    progress.update()
-            _save(converted, out / path.name, {**metadata, "format": "pt"})
-            total += sum(t.numel() * t.element_size() for t in converted.values())
-            weight_map.update(dict.fromkeys(converted, path.name))
-            del converted
+                    name = renamed.get(key, key)
+                    if new is None and not cast:
+                        begin, end = info["data_offsets"]
+                        entries.append(
+                            (name, ByteRange(info["dtype"], info["shape"], data_start + begin, data_start + end))
+                        )
+                        continue
+
+                    def make(key=key, kv=new is not None, to=dtype if cast else meta.dtype):
+                        tensor = handle.get_tensor(key)
+                        converted = family.convert_tensor(key, tensor, config, dst, kv_init, seed) if kv else tensor
+                        return converted.to(to).contiguous()
+
+                    entries.append(
+                        (
+                            name,
+                            Deferred(dtype if cast else meta.dtype, tuple((meta if new is None else new).shape), make),
+                        )
+                    )
+                total += write_shard(
+                    out / path.name, entries, {**metadata, "format": "pt"}, source=path, written=progress.update
+                )
+            weight_map.update(dict.fromkeys((name for name, _ in entries), path.name))
     check_kv_weight_count(family, config, changed)
     if (src / SAFETENSORS_INDEX).is_file():
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -186,7 +211,127 @@ def _count_keys(path: Path) -> int:
         return len(list(handle.keys()))
 
 
-def _save(tensors: dict, path: Path, metadata: dict) -> None:
-    from safetensors.torch import save_file
+# safetensors' dtype names (https://github.com/huggingface/safetensors, format.md) and torch's
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64, "I32": torch.int32,
+    "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
-    save_file(tensors, str(path), metadata=metadata)
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """A safetensors file's header (name -> dtype, shape, data_offsets; ``__metadata__``) and where its data
+    starts. The file must have been checked readable (``io.check_checkpoint_folder``)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(size)), 8 + size
+
+
+class ByteRange(NamedTuple):
+    """A tensor stored as safetensors' ``dtype`` in bytes ``begin:end`` of a source file."""
+
+    dtype: str
+    shape: list[int]
+    begin: int
+    end: int
+
+
+class Deferred(NamedTuple):
+    """A tensor of known dtype and shape, computed (``make()``) only when it is written."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    make: Callable[[], torch.Tensor]
+
+
+def write_shard(
+    path: Path,
+    entries: list[tuple[str, torch.Tensor | ByteRange | Deferred]],
+    metadata: dict,
+    source: Path | None = None,
+    written: Callable[[], object] = lambda: None,
+) -> int:
+    """Write a safetensors file of ``entries`` in their order; returns the bytes of tensor data written.
+
+    The header is written first, from each entry's dtype and shape; then a thread copies the ``ByteRange``
+    entries from ``source`` in the kernel while this one computes and writes the tensors, each at its offset
+    (``written()`` is called after each entry).
+    """
+    header, offset, places = {"__metadata__": {k: str(v) for k, v in metadata.items()}}, 0, []
+    for name, item in entries:
+        if isinstance(item, ByteRange):
+            dtype, shape, size = item.dtype, list(item.shape), item.end - item.begin
+        else:
+            if item.dtype not in _NAMES:
+                raise ValueError(f"tensor {name!r}: dtype {item.dtype} has no safetensors name ({sorted(_DTYPES)})")
+            dtype, shape = _NAMES[item.dtype], list(item.shape)
+            size = math.prod(shape) * item.dtype.itemsize
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        places.append(offset)
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
+    start = 8 + len(encoded)
+    ranges = [(item, start + at) for (_, item), at in zip(entries, places, strict=True) if isinstance(item, ByteRange)]
+    with open(path, "wb") as out, open(source, "rb") if source else contextlib.nullcontext() as src:
+        out.write(len(encoded).to_bytes(8, "little") + encoded)
+        out.flush()
+        with ThreadPoolExecutor(1) as pool, _torch_threads(max(1, torch.get_num_threads() - 1) if ranges else None):
+            copying = pool.submit(_copy_ranges, src, out, ranges, written) if ranges else None
+            for (name, item), at in zip(entries, places, strict=True):
+                if isinstance(item, ByteRange):
+                    continue
+                tensor = item.make() if isinstance(item, Deferred) else item
+                if tensor.dtype != item.dtype or tuple(tensor.shape) != tuple(item.shape):
+                    raise ValueError(f"tensor {name!r} came out {tensor.dtype} {list(tensor.shape)}, planned "
+                                     f"{item.dtype} {list(item.shape)}")  # fmt: skip
+                _write_at(out, tensor.contiguous().reshape(-1).view(torch.uint8).numpy().data, start + at)
+                written()
+            if copying is not None:
+                copying.result()
+    return offset
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int | None):
+    """torch's intra-op threads set to ``count`` (a core is left to the kernel copy; measured faster on 2 cores)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_at(out, data: memoryview, position: int) -> None:
+    while len(data):
+        done = os.pwrite(out.fileno(), data, position)
+        data, position = data[done:], position + done
+
+
+def _copy_ranges(src, out, ranges: list[tuple[ByteRange, int]], written: Callable[[], object]) -> None:
+    for item, position in ranges:
+        _copy_range(src, out, item.begin, item.end - item.begin, position)
+        written()
+
+
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _copy_range(src, out, begin: int, size: int, position: int) -> None:
+    """Copy bytes ``begin:begin + size`` of ``src`` to ``position`` of ``out``, in the kernel where it can."""
+    while size:
+        try:
+            done = os.copy_file_range(src.fileno(), out.fileno(), size, begin, position)
+        except (AttributeError, OSError) as err:  # not Linux, or a file system that refuses: through this process
+            if isinstance(err, OSError) and err.errno not in _NO_KERNEL_COPY:
+                raise
+            chunk = os.pread(src.fileno(), min(size, 64 << 20), begin)
+            _write_at(out, memoryview(chunk), position)
+            done = len(chunk)
+        if done == 0:
+            raise ValueError(f"{src.name}: ends before byte {begin + size}")
+        begin, position, size = begin + done, position + done, size - done

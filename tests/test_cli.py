@@ -183,17 +183,17 @@ def test_pickled_checkpoint_is_refused(src, tmp_path, capsys):
 def test_interrupted_conversion_leaves_no_out_and_a_rerun_succeeds(src, tmp_path, monkeypatch):
     from hf_attn_variants import streaming
 
-    original = streaming._save
+    original = streaming.write_shard
 
-    def crash(tensors, path, metadata):
-        original(tensors, path, metadata)
+    def crash(*args, **kwargs):
+        original(*args, **kwargs)
         raise KeyboardInterrupt("killed mid-way")
 
-    monkeypatch.setattr(streaming, "_save", crash)
+    monkeypatch.setattr(streaming, "write_shard", crash)
     with pytest.raises(KeyboardInterrupt):
         run("convert", src, tmp_path / "out", "--variant", "mqa")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
-    monkeypatch.setattr(streaming, "_save", original)
+    monkeypatch.setattr(streaming, "write_shard", original)
     assert run("convert", src, tmp_path / "out", "--variant", "mqa") == 0
 
 

@@ -132,7 +132,7 @@ def test_full_or_read_only_disk(sharded, tmp_path, capsys, monkeypatch, code):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(streaming, "_save", fail)  # where the converted shards are written
+    monkeypatch.setattr(streaming, "write_shard", fail)  # where the converted shards are written
     err = refused(tmp_path, capsys, sharded, "--variant", "mqa")
     assert os.strerror(code) in err
 
@@ -156,12 +156,12 @@ def test_a_killed_conversion_leaves_no_out_and_a_rerun_succeeds(sharded, tmp_pat
     script = (
         "import sys, time\n"
         "from hf_attn_variants import cli, streaming\n"
-        "save = streaming._save\n"
-        "def slow(*a):\n"
-        "    save(*a)\n"
+        "save = streaming.write_shard\n"
+        "def slow(*a, **k):\n"
+        "    save(*a, **k)\n"
         "    print('written', flush=True)\n"
         "    time.sleep(60)\n"
-        "streaming._save = slow\n"
+        "streaming.write_shard = slow\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     process = subprocess.Popen(
