@@ -4,6 +4,7 @@
 ``attn_variant``, ``num_key_value_heads``, ``kv_init`` and ``kv_init_seed``. With none of them they are
 transformers' classes, unchanged. With them, the source's pretrained weights are loaded by transformers
 (so ``dtype``, ``device_map``, ``attn_implementation`` and GGUF files work as usual) and converted.
+``fast_decode=True`` (with or without a variant) ends with ``hav.enable_fast_decode`` on the loaded model.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
 from .convert import convert, merges_heads
+from .decoding import enable_fast_decode
 from .families import family_for
 
 _VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
@@ -105,12 +107,16 @@ def _pop_variant_kwargs(kwargs: dict) -> dict | None:
 
 
 def _make_auto_class(base: type, builder: type) -> type:
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fast_decode: bool = False, **kwargs):
         variant_kwargs = _pop_variant_kwargs(kwargs)
         if variant_kwargs is None:
-            return base.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
-        request = _variant_request(kwargs.pop("config", None), pretrained_model_name_or_path, variant_kwargs, kwargs)
-        return builder.from_pretrained(pretrained_model_name_or_path, *model_args, config=request, **kwargs)
+            model = base.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+        else:
+            request = _variant_request(
+                kwargs.pop("config", None), pretrained_model_name_or_path, variant_kwargs, kwargs
+            )
+            model = builder.from_pretrained(pretrained_model_name_or_path, *model_args, config=request, **kwargs)
+        return enable_fast_decode(model) if fast_decode else model
 
     def from_config(cls, config, **kwargs):
         variant_kwargs = _pop_variant_kwargs(kwargs)
@@ -122,7 +128,8 @@ def _make_auto_class(base: type, builder: type) -> type:
         f"transformers.{base.__name__}, plus ``attn_variant`` (mha | gqa | mqa), ``num_key_value_heads``, "
         "``kv_init`` (mean | first | random | aligned | svd) and ``kv_init_seed`` in ``from_pretrained`` and "
         "``from_config``; ``from_pretrained`` also takes hf_attn_variants.convert's ``calibration``, ``grouping``, "
-        "``fit`` and ``sequential``."
+        "``fit`` and ``sequential``; ``fast_decode=True`` switches the loaded model to the plugin's decode path "
+        "(hf_attn_variants.enable_fast_decode)."
     )
     return type(
         base.__name__,

@@ -145,3 +145,15 @@ def test_decode_step_reads_context_plus_one_positions_whatever_the_cache(cache):
 def test_decode_step_refuses_an_unknown_cache():
     with pytest.raises(ValueError, match=r"'paged'.*\['static', 'dynamic'\]"):
         timing.decode_step(tiny_model("llama"), batch=1, context=4, cache="paged")
+
+
+def test_from_pretrained_fast_decode_loads_a_variant_on_the_fast_path(tmp_path):
+    tiny_model("llama", attn_implementation="sdpa").save_pretrained(tmp_path)
+    ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(4))
+    plain = hav.AutoModelForCausalLM.from_pretrained(tmp_path, attn_variant="mqa", attn_implementation="sdpa")
+    fast = hav.AutoModelForCausalLM.from_pretrained(tmp_path, attn_variant="mqa", fast_decode=True)
+    assert fast.config._attn_implementation == "hav_sdpa" and fast.generation_config.cache_implementation == "static"
+    options = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(fast.generate(ids, **options), plain.generate(ids, **options))
+    unchanged = hav.AutoModelForCausalLM.from_pretrained(tmp_path, fast_decode=True)  # no variant: the source
+    assert unchanged.config._attn_implementation == "hav_sdpa"
