@@ -20,10 +20,13 @@ speedup over MHA on the same path (median of per-round ratios) next to the bytes
 
 - bandwidth efficiency: bytes floor / step time, the bytes floor = (weights + the context + 1 cached
   positions, each read once) / read bandwidth (the input embedding is not counted: a step reads one row);
+  the median over rounds of each round's ratio, the floor from that round's probe (the machine drifts);
 - roofline efficiency: max(bytes floor, FLOP floor) / step time, the FLOP floor = the step's matmul FLOPs
-  (2 x batch x weights + 4 x batch x heads x head_dim x positions x layers) / matmul throughput. On a
-  2-core CPU the step of GQA and MQA at batch 8 does more arithmetic per cached byte than the cores keep
-  up with, and this is the floor that binds.
+  (2 x batch x weights + 4 x batch x heads x head_dim x positions x layers) / matmul throughput. At batch
+  8 x 8192 on the 2-core CPU, MQA's FLOP floor is as high as its bytes floor: 16 query heads per K/V head
+  make the step as much arithmetic as reading, so the bytes floor alone overstates what it could reach.
+- with ``--profile`` (default), at the last grid point, where each step's time goes (torch profiler: the
+  weight matmuls, attention, everything else).
 """
 
 from __future__ import annotations
@@ -132,16 +135,20 @@ def main():
                 )
             named = {f"{label} | {path}": step for (label, path), step in steps.items()}
             times = timing.interleaved({**named, **probes}, args.rounds, desc=f"batch {batch} x {context}")
-            bandwidth = probe.nbytes / statistics.median(times.pop("read 1 GiB"))
-            flops_per_s = 2 * 1024**3 / statistics.median(times.pop("matmul 1024^3"))
+            reads, matmuls = times.pop("read 1 GiB"), times.pop("matmul 1024^3")
+            bandwidth, flops_per_s = probe.nbytes / statistics.median(reads), 2 * 1024**3 / statistics.median(matmuls)
             base = next(iter(variants))
             for path in args.paths:
                 ratio = timing.ratios({label: times[f"{label} | {path}"] for label in variants}, base)
                 for label in variants:
-                    step = statistics.median(times[f"{label} | {path}"])
+                    steps_of = times[f"{label} | {path}"]
                     nbytes = weight_bytes + cache_bytes[label, path]
-                    bytes_floor = nbytes / bandwidth
-                    flop_floor = step_flops(mha.config, weights, batch, context + 1) / flops_per_s
+                    flops = step_flops(mha.config, weights, batch, context + 1)
+                    # floors from the probes of the same round, so that the machine's drift between rounds cancels
+                    bytes_floor = [nbytes * read / probe.nbytes for read in reads]
+                    flop_floor = [flops * matmul / (2 * 1024**3) for matmul in matmuls]
+                    efficiency = [b / t for b, t in zip(bytes_floor, steps_of, strict=True)]
+                    roofline = [max(b, f) / t for b, f, t in zip(bytes_floor, flop_floor, steps_of, strict=True)]
                     rows.append(
                         {
                             "batch": batch,
@@ -156,10 +163,11 @@ def main():
                             "weights_bytes": weight_bytes,
                             "read_bandwidth_bytes_per_s": bandwidth,
                             "matmul_flops_per_s": flops_per_s,
-                            "bytes_floor_seconds": bytes_floor,
-                            "flop_floor_seconds": flop_floor,
-                            "bandwidth_efficiency": bytes_floor / step,
-                            "roofline_efficiency": max(bytes_floor, flop_floor) / step,
+                            "bytes_floor_seconds": statistics.median(bytes_floor),
+                            "flop_floor_seconds": statistics.median(flop_floor),
+                            "bandwidth_efficiency": statistics.median(efficiency),
+                            "bandwidth_efficiency_iqr": [timing.summarize(efficiency)[q] for q in ("q1", "q3")],
+                            "roofline_efficiency": statistics.median(roofline),
                         }
                     )
             if args.profile and (batch, context) == (args.batches[-1], args.contexts[-1]):
