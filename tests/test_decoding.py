@@ -104,8 +104,7 @@ def test_fast_decode_on_a_converted_mqa_model_keeps_one_kv_head_and_beam_search_
     cache = transformers.StaticCache(config=model.config, max_cache_len=16)
     got = model.generate(ids, max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0)
     assert torch.equal(got, expected)
-    model.generation_config.cache_implementation = None
-    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache=cache)
+    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache=cache, cache_implementation=None)
     assert {layer.keys.shape[1] for layer in cache.layers} == {1}
 
 
