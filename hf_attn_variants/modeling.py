@@ -13,8 +13,11 @@ import math
 
 import torch
 from torch import nn
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import Conv1D
+
+from .decoding import grouped_sdpa_attention
 
 
 def grouped_eager_attention(
@@ -184,6 +187,8 @@ class VariantAttention(nn.Module):
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
 
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, grouped_eager_attention)
+        if attention is sdpa_attention_forward:  # one-token steps with the query heads stacked per K/V head
+            attention = grouped_sdpa_attention
         dropout = self.attention_dropout_p if self.training else 0.0
         eager = attention is grouped_eager_attention
         extra = {"upcast": self.upcast, "divide_scores": family.divide_scores} if eager else {}
