@@ -25,6 +25,7 @@ bench: setup
 	$(BIN)/python bench/decode.py --json_out out/bench/decode.json
 	$(BIN)/python bench/streaming_conversion.py --json_out out/bench/streaming_conversion.json
 	$(BIN)/python bench/plugin_overhead.py --json_out out/bench/plugin_overhead.json
+	$(BIN)/python bench/generate.py --json_out out/bench/generate.json
 
 quality: setup
 	$(BIN)/python bench/conversion_quality.py --model smollm2 --methods mean "mean + fit" aligned "aligned + fit" svd "svd + sequential" --calibration_samples 32 --uptrain_steps 30 --json_out out/bench/quality_smollm2.json
