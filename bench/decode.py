@@ -2,6 +2,7 @@
 
     python bench/decode.py --json_out out/bench/decode.json
     python bench/decode.py --batches 8 --contexts 8192 --rounds 15
+    python bench/decode.py --device cuda --dtype bfloat16 --batches 1 8 32 --contexts 2048 8192 16384
 
 The reference shape of ../shared/BENCHMARKS.md (fp32 Llama: hidden 1024, 16 heads of 64, 4 layers,
 intermediate 2816, vocab 4096) in MHA-16, GQA-4 and MQA, converted from one random MHA model, each on three
@@ -26,7 +27,11 @@ speedup over MHA on the same path (median of per-round ratios) next to the bytes
   8 x 8192 on the 2-core CPU, MQA's FLOP floor is as high as its bytes floor: 16 query heads per K/V head
   make the step as much arithmetic as reading, so the bytes floor alone overstates what it could reach.
 - with ``--profile`` (default), at the last grid point, where each step's time goes (torch profiler: the
-  weight matmuls, attention, everything else).
+  weight matmuls, attention, everything else); on the CPU only.
+
+On CUDA (``--device cuda``, the default where there is one) every call waits for its kernels; sdpa runs its
+own flash or memory-efficient kernels there, and ``hav_sdpa`` is transformers' sdpa off the CPU, so the
+plugin path differs from the native StaticCache one only by the cache it is given.
 """
 
 from __future__ import annotations
@@ -58,12 +63,16 @@ class Args:
     paths: list[str] = field(default_factory=lambda: list(PATHS))
     spare: int = field(default=128, metadata={"help": "static-cache slots after the current token"})
     rounds: int = 15
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu | cuda"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     threads: int | None = None
-    profile: bool = field(default=True, metadata={"help": "break each step's time down at the last grid point"})
+    profile: bool = field(
+        default=True, metadata={"help": "break each step's time down at the last grid point (CPU only)"}
+    )
     json_out: str | None = None
 
 
-def reference_model():
+def reference_model(dtype: torch.dtype = torch.float32, device: str = "cpu"):
     config = transformers.LlamaConfig(
         hidden_size=1024,
         num_attention_heads=16,
@@ -74,7 +83,7 @@ def reference_model():
         max_position_embeddings=16384,
     )
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(config).eval()
+    return transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype).eval()
 
 
 def step_flops(config, weights: int, batch: int, positions: int) -> int:
@@ -111,7 +120,9 @@ def main():
         raise SystemExit(f"paths {unknown} are not among {list(PATHS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    mha = reference_model()
+    if args.dtype not in ("float32", "bfloat16", "float16"):
+        raise SystemExit(f"dtype {args.dtype!r} is not one of ['float32', 'bfloat16', 'float16']")
+    mha = reference_model(getattr(torch, args.dtype), args.device)
     variants = {hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g) for g in args.kv_heads}
     models = {}  # (variant, path) -> model with that path's attention
     for label, model in variants.items():
@@ -121,9 +132,13 @@ def main():
     embedding = mha.get_input_embeddings()
     weights = sum(p.numel() for p in mha.parameters() if p is not embedding.weight)  # elements
     weight_bytes = weights * embedding.weight.element_size()
-    probe = torch.ones(2**28)  # 1 GiB of fp32
-    square = torch.randn(1024, 1024)
-    probes = {"read 1 GiB": probe.sum, "matmul 1024^3": lambda: square @ square}
+    probe = torch.ones(2**28, device=args.device)  # 1 GiB of fp32
+    square = torch.randn(1024, 1024, device=args.device, dtype=mha.dtype)  # the matmul throughput in the model's dtype
+
+    def synced(fn):
+        return lambda: (fn(), timing.synchronize(args.device))
+
+    probes = {"read 1 GiB": synced(probe.sum), "matmul 1024^3": synced(lambda: square @ square)}
 
     rows = []
     for batch in args.batches:
@@ -170,7 +185,8 @@ def main():
                             "roofline_efficiency": statistics.median(roofline),
                         }
                     )
-            if args.profile and (batch, context) == (args.batches[-1], args.contexts[-1]):
+            last = (batch, context) == (args.batches[-1], args.contexts[-1])
+            if args.profile and last and args.device == "cpu":
                 for (label, path), step in steps.items():
                     row = next(r for r in rows[-len(steps) :] if (r["variant"], r["path"]) == (label, path))
                     row["profile_seconds"] = breakdown(step)
@@ -181,8 +197,8 @@ def main():
 
 def markdown(rows: list[dict], args: Args) -> str:
     lines = [
-        f"Decode step, reference shape, fp32; static caches with {args.spare} spare slots; {args.rounds} "
-        f"interleaved rounds; torch threads {torch.get_num_threads()}",
+        f"Decode step, reference shape, {args.dtype} on {args.device}; static caches with {args.spare} spare "
+        f"slots; {args.rounds} interleaved rounds; torch threads {torch.get_num_threads()}",
         "",
         "| batch | context | variant | path | step (median) | speedup over MHA | ideal | bandwidth eff. "
         "| roofline eff. |",

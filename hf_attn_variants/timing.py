@@ -131,8 +131,15 @@ def decode_step(
         with torch.inference_mode():
             model(input_ids=token, cache=kv, use_cache=True)
         kv.crop(-1)
+        synchronize(token.device)
 
     return step, nbytes
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for ``device``'s queued work (CUDA runs asynchronously; a timing must include the kernels)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def prefill(model, batch: int, tokens: int) -> Callable[[], None]:
@@ -143,5 +150,6 @@ def prefill(model, batch: int, tokens: int) -> Callable[[], None]:
     def run():
         with torch.inference_mode():
             model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        synchronize(ids.device)
 
     return run

@@ -51,3 +51,12 @@ def test_generate_benchmark_checks_both_paths_on_the_real_model(tmp_path):
                        "--new_tokens", "2", "--rounds", "1")  # fmt: skip
     assert [r["variant"] for r in result["rows"]] == ["MHA-9", "MQA"]
     assert all(r["fast_decode"]["new_tokens_per_s"] > 0 for r in result["rows"])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_decode_benchmark_runs_in_bf16_on_cuda(tmp_path):
+    result = run_bench("decode", tmp_path, "--device", "cuda", "--dtype", "bfloat16", "--batches", "2",
+                       "--contexts", "64", "--kv_heads", "16", "1", "--rounds", "2")  # fmt: skip
+    assert {r["variant"] for r in result["rows"]} == {"MHA-16", "MQA"}
+    mqa = next(r for r in result["rows"] if r["variant"] == "MQA")
+    assert mqa["kv_cache_bytes_read"] == 2 * 4 * 1 * 64 * 65 * 2 * 2  # bf16: 2 bytes an element

@@ -175,3 +175,25 @@ def test_plugin_families_stack_the_query_heads_of_a_decode_step_under_plain_sdpa
     assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0), expected)
     decode = [s for s in shapes if s[0][2] != 5]  # after the prefill of 5 tokens
     assert decode and all(query == (2, 2, 4, 8) and kv == 2 for query, kv in decode)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fast_decode_on_cuda_follows_transformers_sdpa(family, dtype):
+    """On CUDA hav_sdpa is transformers' sdpa; with the StaticCache the logits stay within the dtype's rounding."""
+    model = hav.convert(tiny_model(family, attn_implementation="sdpa"), "gqa", 2).to("cuda", dtype)
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(1)).cuda()
+    options = dict(max_new_tokens=5, do_sample=False, pad_token_id=0, output_logits=True,
+                   return_dict_in_generate=True, disable_compile=True)  # fmt: skip
+    expected = model.generate(ids, **options)
+    got = hav.enable_fast_decode(model).generate(ids, **options)
+    tolerance = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    for step, (step_got, step_expected) in enumerate(zip(got.logits, expected.logits, strict=True)):
+        torch.testing.assert_close(step_got, step_expected, **tolerance)
+        if not torch.equal(got.sequences[:, 7 + step], expected.sequences[:, 7 + step]):
+            assert dtype == torch.bfloat16  # a near tie may round the other way in bf16; later steps then differ
+            break
