@@ -13,7 +13,7 @@ import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
 from .convert import convert, merges_heads
-from .decoding import enable_fast_decode
+from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode, use_fast_kernel
 from .families import family_for
 
 _VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
@@ -109,6 +109,9 @@ def _pop_variant_kwargs(kwargs: dict) -> dict | None:
 def _make_auto_class(base: type, builder: type) -> type:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fast_decode: bool = False, **kwargs):
         variant_kwargs = _pop_variant_kwargs(kwargs)
+        switch = kwargs.get("attn_implementation") == FAST_DECODE_ATTENTION and variant_kwargs is not None
+        if switch:  # the source loads with sdpa (not every family's own classes know the plugin's kernel)
+            kwargs["attn_implementation"] = "sdpa"
         if variant_kwargs is None:
             model = base.from_pretrained.__func__(cls, pretrained_model_name_or_path, *model_args, **kwargs)
         else:
@@ -116,6 +119,8 @@ def _make_auto_class(base: type, builder: type) -> type:
                 kwargs.pop("config", None), pretrained_model_name_or_path, variant_kwargs, kwargs
             )
             model = builder.from_pretrained(pretrained_model_name_or_path, *model_args, config=request, **kwargs)
+        if switch:
+            use_fast_kernel(model)
         return enable_fast_decode(model) if fast_decode else model
 
     def from_config(cls, config, **kwargs):

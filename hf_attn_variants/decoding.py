@@ -96,6 +96,13 @@ def enable_fast_decode(model, cache_implementation: str = "static"):
     ``None`` to keep the ``DynamicCache``). Both are transformers' own settings, so ``generate()`` needs nothing
     more, and ``save_pretrained`` keeps the cache setting in ``generation_config.json``.
     """
+    use_fast_kernel(model)
+    model.generation_config.cache_implementation = cache_implementation
+    return model
+
+
+def use_fast_kernel(model):
+    """Switch ``model`` to ``attn_implementation="hav_sdpa"``, or refuse by name where it cannot switch."""
     model.set_attn_implementation(FAST_DECODE_ATTENTION)
     if model.config._attn_implementation != FAST_DECODE_ATTENTION:  # transformers only warns
         raise ValueError(
@@ -103,5 +110,4 @@ def enable_fast_decode(model, cache_implementation: str = "static"):
             "dispatch through transformers' AttentionInterface (transformers' own Falcon and BLOOM; BLOOM's ALiBi "
             "is eager-only in the plugin too). Convert Falcon to a variant (hav.convert) to use it."
         )
-    model.generation_config.cache_implementation = cache_implementation
     return model

@@ -17,7 +17,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.pytorch_utils import Conv1D
 
-from .decoding import grouped_sdpa_attention
+from .decoding import FAST_DECODE_ATTENTION, grouped_sdpa_attention
 
 
 def grouped_eager_attention(
@@ -224,8 +224,12 @@ def make_variant_model_class(family, base_class: type, config_class: type) -> ty
     """A subclass of ``base_class`` whose attention modules hold ``config.num_key_value_heads`` K/V heads."""
 
     def __init__(self, config, *args, **kwargs):
+        requested = config._attn_implementation
+        if requested == FAST_DECODE_ATTENTION:  # some families' layers pick a class per kernel they know (Falcon)
+            config._attn_implementation = "sdpa"
         base_class.__init__(self, config, *args, **kwargs)
-        install_variant_attention(self, family)
+        install_variant_attention(self, family)  # VariantAttention looks the kernel up at each call
+        self.config._attn_implementation = requested
 
     prefix = family.config_class.__name__.removesuffix("Config")
     return type(

@@ -197,3 +197,20 @@ def test_fast_decode_on_cuda_follows_transformers_sdpa(family, dtype):
         if not torch.equal(got.sequences[:, 7 + step], expected.sequences[:, 7 + step]):
             assert dtype == torch.bfloat16  # a near tie may round the other way in bf16; later steps then differ
             break
+
+
+def test_a_falcon_variant_loads_with_the_fast_kernel_named_at_load_time(tmp_path):
+    """Falcon's own layers pick a class per kernel they know; the plugin builds them under sdpa, then switches."""
+    source = tiny_model("falcon", attn_implementation="sdpa")
+    source.save_pretrained(tmp_path / "src")
+    hav.convert(source, "gqa", 2).save_pretrained(tmp_path / "variant")
+    ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(6))
+    expected = hav.convert(source, "gqa", 2).generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    for model in (
+        transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "variant", attn_implementation="hav_sdpa"),
+        hav.AutoModelForCausalLM.from_pretrained(
+            tmp_path / "src", attn_variant="gqa", num_key_value_heads=2, attn_implementation="hav_sdpa"
+        ),  # fmt: skip
+    ):
+        assert model.config._attn_implementation == "hav_sdpa"
+        assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0), expected)
