@@ -14,8 +14,6 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
-from .kv_cache import cache_nbytes
-
 
 def interleaved(
     candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 2, desc: str = "timing"
@@ -96,7 +94,8 @@ def decode_step(
 
     The cache holds ``context`` random keys and values (the time of a step does not depend on their values,
     and prefilling a long context on a CPU takes minutes); each step appends one token and rolls it back, so
-    every call reads exactly ``context`` + 1 positions. ``cache``:
+    every call reads exactly ``context`` + 1 positions (sliding-window layers: at most their window, as in
+    a real generation; a full window stays full). ``cache``:
 
     - ``"static"``: transformers' ``StaticCache`` with ``context + 1 + spare`` slots (a ``generate()`` call
       sizes it to the prompt plus ``max_new_tokens``, so a step usually has masked slots after it); the step
@@ -116,24 +115,50 @@ def decode_step(
     with torch.inference_mode():
         model(input_ids=token, cache=kv, use_cache=True)  # allocates the layers' tensors
         for layer in kv.layers:
-            if cache == "static":
-                layer.keys.normal_()
-                layer.values.normal_()
-                layer.cumulative_length.fill_(context)  # as if `context` tokens had been prefilled
-            else:
-                shape = (*layer.keys.shape[:2], context, layer.keys.shape[-1])
-                layer.keys = torch.randn(shape, dtype=layer.keys.dtype, device=layer.keys.device)
-                layer.values = torch.randn(shape, dtype=layer.values.dtype, device=layer.values.device)
-    slots = kv.layers[0].keys.shape[-2]
-    nbytes = cache_nbytes(kv) * (context + 1) // slots  # the bytes of the context + 1 positions a step reads
+            _as_if_prefilled(layer, context)
+    nbytes = sum(_bytes_read(layer, context) for layer in kv.layers)
 
     def step():
         with torch.inference_mode():
             model(input_ids=token, cache=kv, use_cache=True)
-        kv.crop(-1)
+        for layer in kv.layers:  # back to `context` tokens; a full sliding window stays full (it rolls)
+            if not layer.is_sliding or layer.get_seq_length() <= _window(layer):
+                layer.crop(-1)
         synchronize(token.device)
 
     return step, nbytes
+
+
+def _window(layer) -> int:
+    """How many positions a sliding-window layer keeps (static) or attends to (dynamic)."""
+    return getattr(layer, "sliding_window", None) or layer.get_max_length()
+
+
+def _as_if_prefilled(layer, context: int) -> None:
+    """Fill a cache layer with random keys and values as if ``context`` tokens had been prefilled."""
+    from transformers.cache_utils import StaticLayer
+
+    if isinstance(layer, StaticLayer):  # preallocated (a sliding one holds its window): fill, then set the length
+        layer.keys.normal_()
+        layer.values.normal_()
+        held = min(context, layer.max_cache_len) if layer.is_sliding else context
+        layer.cumulative_length.fill_(held)
+        if hasattr(layer, "cumulative_length_int"):
+            layer.cumulative_length_int = context
+        return
+    held = min(context, _window(layer) - 1) if layer.is_sliding else context  # a dynamic window keeps window - 1
+    shape = (*layer.keys.shape[:2], held, layer.keys.shape[-1])
+    layer.keys = torch.randn(shape, dtype=layer.keys.dtype, device=layer.keys.device)
+    layer.values = torch.randn(shape, dtype=layer.values.dtype, device=layer.values.device)
+    if layer.is_sliding:
+        layer.cumulative_length = context
+
+
+def _bytes_read(layer, context: int) -> int:
+    """Bytes of the cached positions one step attends to: context + 1, or at most the window."""
+    positions = min(context + 1, _window(layer)) if layer.is_sliding else context + 1
+    per_position = (layer.keys[0, 0, 0].nbytes + layer.values[0, 0, 0].nbytes) * layer.keys.shape[0]
+    return per_position * layer.keys.shape[1] * positions
 
 
 def synchronize(device: torch.device | str) -> None:
