@@ -72,7 +72,7 @@ def grouped_sdpa_attention(
     kv_heads = key.shape[1]
     special = kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None
     measured = query.device.type == "cpu"  # where stacking was measured faster than enable_gqa
-    if q_len != 1 or special or not measured or (module.training and dropout > 0) or torch.compiler.is_compiling():
+    if q_len != 1 or special or not measured or dropout > 0 or torch.compiler.is_compiling():
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
     key, value, attention_mask = trimmed_to_visible(key, value, attention_mask)
     if attention_mask is not None and attention_mask.shape[1] != 1:  # a mask per head: not one to share

@@ -275,6 +275,8 @@ def write_shard(
     encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned, as safetensors writes it
     start = 8 + len(encoded)
     ranges = [(item, start + at) for (_, item), at in zip(entries, places, strict=True) if isinstance(item, ByteRange)]
+    if ranges and source is None:
+        raise ValueError(f"{path.name}: byte ranges of a source file, but no source file given")
     with open(path, "wb") as out, open(source, "rb") if source else contextlib.nullcontext() as src:
         out.write(len(encoded).to_bytes(8, "little") + encoded)
         out.flush()
@@ -329,6 +331,8 @@ def _copy_range(src, out, begin: int, size: int, position: int) -> None:
         except (AttributeError, OSError) as err:  # not Linux, or a file system that refuses: through this process
             if isinstance(err, OSError) and err.errno not in _NO_KERNEL_COPY:
                 raise
+            done = 0
+        if done == 0:  # refused, or some file systems' way of saying so: through this process
             chunk = os.pread(src.fileno(), min(size, 64 << 20), begin)
             _write_at(out, memoryview(chunk), position)
             done = len(chunk)
