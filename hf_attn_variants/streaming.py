@@ -59,11 +59,11 @@ def stream_convert(
     renamed = check_against_model(files, config, target, target_class, dst)
 
     weight_map, total, changed = {}, 0, 0
-    keys = sum(_count_keys(f) for f in files)
+    headers = {path: read_header(path) for path in files}
+    keys = sum(len(header) for header, _, _ in headers.values())
     with tqdm(total=keys, desc="converting tensors", unit="tensor") as progress:
         for path in files:
-            header, data_start = read_header(path)
-            metadata = header.pop("__metadata__", None) or {}
+            header, metadata, data_start = headers[path]
             entries = []  # (name, ByteRange of the input file) or (name, Deferred converted tensor)
             with _open(path) as handle:
                 for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
@@ -79,17 +79,14 @@ def stream_convert(
                         )
                         continue
 
-                    def make(key=key, kv=new is not None, to=dtype if cast else meta.dtype):
+                    to, shape = dtype if cast else meta.dtype, tuple((meta if new is None else new).shape)
+
+                    def make(key=key, kv=new is not None, to=to):
                         tensor = handle.get_tensor(key)
                         converted = family.convert_tensor(key, tensor, config, dst, kv_init, seed) if kv else tensor
                         return converted.to(to).contiguous()
 
-                    entries.append(
-                        (
-                            name,
-                            Deferred(dtype if cast else meta.dtype, tuple((meta if new is None else new).shape), make),
-                        )
-                    )
+                    entries.append((name, Deferred(to, shape, make)))
                 total += write_shard(
                     out / path.name, entries, {**metadata, "format": "pt"}, source=path, written=progress.update
                 )
@@ -206,11 +203,6 @@ def _open(path: Path):
     return safe_open(str(path), "pt")
 
 
-def _count_keys(path: Path) -> int:
-    with _open(path) as handle:
-        return len(list(handle.keys()))
-
-
 # safetensors' dtype names (https://github.com/huggingface/safetensors, format.md) and torch's
 _DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -221,12 +213,13 @@ _NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 _FLOATS = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
 
-def read_header(path: Path) -> tuple[dict, int]:
-    """A safetensors file's header (name -> dtype, shape, data_offsets; ``__metadata__``) and where its data
-    starts. The file must have been checked readable (``io.check_checkpoint_folder``)."""
+def read_header(path: Path) -> tuple[dict, dict, int]:
+    """A safetensors file's tensors (name -> dtype, shape, data_offsets), its ``__metadata__`` (``{}`` if none)
+    and where its data starts. The file must have been checked readable (``io.check_checkpoint_folder``)."""
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
-        return json.loads(f.read(size)), 8 + size
+        header = json.loads(f.read(size))
+    return header, header.pop("__metadata__", None) or {}, 8 + size
 
 
 class ByteRange(NamedTuple):

@@ -157,8 +157,7 @@ def _as_if_prefilled(layer, context: int) -> None:
 def _bytes_read(layer, context: int) -> int:
     """Bytes of the cached positions one step attends to: context + 1, or at most the window."""
     positions = min(context + 1, _window(layer)) if layer.is_sliding else context + 1
-    per_position = (layer.keys[0, 0, 0].nbytes + layer.values[0, 0, 0].nbytes) * layer.keys.shape[0]
-    return per_position * layer.keys.shape[1] * positions
+    return (layer.keys[:, :, :1].nbytes + layer.values[:, :, :1].nbytes) * positions  # one position's bytes
 
 
 def synchronize(device: torch.device | str) -> None:

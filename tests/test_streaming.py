@@ -113,8 +113,8 @@ def test_write_shard_round_trips_every_dtype_and_shape(tmp_path):
         "f8": torch.randn(4).to(torch.float8_e4m3fn),
     }
     save_file(tensors, str(tmp_path / "a.safetensors"), metadata={"format": "pt"})
-    header, start = streaming.read_header(tmp_path / "a.safetensors")
-    del header["__metadata__"]
+    header, metadata, start = streaming.read_header(tmp_path / "a.safetensors")
+    assert metadata == {"format": "pt"}
     raw = [(k, streaming.ByteRange(v["dtype"], v["shape"], start + v["data_offsets"][0], start + v["data_offsets"][1]))
            for k, v in header.items() if k != "bf16"]  # fmt: skip
     doubled = streaming.Deferred(torch.bfloat16, (3, 5), lambda: tensors["bf16"] * 2)
