@@ -144,6 +144,19 @@ def cache_bytes(cache) -> int:
 
 
 @pytest.fixture
+def sdpa_calls(monkeypatch):
+    """``(query shape, key shape)`` of every call of torch's scaled_dot_product_attention from now on."""
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(query, key, *args, **kwargs):
+        calls.append((tuple(query.shape), tuple(key.shape)))
+        return sdpa(query, key, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
+
+
+@pytest.fixture
 def input_ids():
     return torch.randint(3, VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
 

@@ -158,23 +158,17 @@ def test_from_pretrained_fast_decode_loads_a_variant_on_the_fast_path(tmp_path):
     assert unchanged.config._attn_implementation == "hav_sdpa"
 
 
-def test_plugin_families_stack_the_query_heads_of_a_decode_step_under_plain_sdpa(monkeypatch):
+def test_plugin_families_stack_the_query_heads_of_a_decode_step_under_plain_sdpa(sdpa_calls):
     """VariantAttention routes sdpa through the plugin's kernel: a one-token step reads (batch, G, H/G, d) queries
     against G K/V heads, whatever the cache, and gives transformers' tokens."""
     model = hav.convert(tiny_model("gpt2", attn_implementation="sdpa"), "gqa", 2)
     ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
     eager = hav.convert(tiny_model("gpt2", attn_implementation="eager"), "gqa", 2)
     expected = eager.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
-    shapes, sdpa = [], torch.nn.functional.scaled_dot_product_attention
-
-    def spy(query, key, *args, **kwargs):
-        shapes.append((tuple(query.shape), key.shape[1]))
-        return sdpa(query, key, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    sdpa_calls.clear()
     assert torch.equal(model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0), expected)
-    decode = [s for s in shapes if s[0][2] != 5]  # after the prefill of 5 tokens
-    assert decode and all(query == (2, 2, 4, 8) and kv == 2 for query, kv in decode)
+    decode = [(query, key) for query, key in sdpa_calls if query[2] != 5]  # after the prefill of 5 tokens
+    assert decode and all(query == (2, 2, 4, 8) and key[1] == 2 for query, key in decode)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
