@@ -153,12 +153,12 @@ def main():
             reads, matmuls = times.pop("read 1 GiB"), times.pop("matmul 1024^3")
             bandwidth, flops_per_s = probe.nbytes / statistics.median(reads), 2 * 1024**3 / statistics.median(matmuls)
             base = next(iter(variants))
+            flops = step_flops(mha.config, weights, batch, context + 1)  # the same for every variant
             for path in args.paths:
                 ratio = timing.ratios({label: times[f"{label} | {path}"] for label in variants}, base)
                 for label in variants:
                     steps_of = times[f"{label} | {path}"]
                     nbytes = weight_bytes + cache_bytes[label, path]
-                    flops = step_flops(mha.config, weights, batch, context + 1)
                     # floors from the probes of the same round, so that the machine's drift between rounds cancels
                     bytes_floor = [nbytes * read / probe.nbytes for read in reads]
                     flop_floor = [flops * matmul / (2 * 1024**3) for matmul in matmuls]
@@ -170,7 +170,7 @@ def main():
                             "context": context,
                             "variant": label,
                             "path": path,
-                            "step_seconds": timing.summarize(times[f"{label} | {path}"]),
+                            "step_seconds": timing.summarize(steps_of),
                             "speedup_over_mha": 1 / ratio[label]["median"],
                             "speedup_over_mha_iqr": [1 / ratio[label]["q3"], 1 / ratio[label]["q1"]],
                             "ideal_speedup": (weight_bytes + cache_bytes[base, path]) / nbytes,
