@@ -56,9 +56,8 @@ def main():
         default = hav.convert(copy.deepcopy(source), variant, kv)
         fast = hav.enable_fast_decode(copy.deepcopy(default))
         with torch.inference_mode():
-            same = torch.equal(
-                default.generate(prompts[:2, :32], **options), fast.generate(prompts[:2, :32], **options)
-            )
+            few = dict(input_ids=prompts[:2, :32], attention_mask=mask[:2, :32], **options)
+            same = torch.equal(default.generate(**few), fast.generate(**few))
         if not same:
             raise SystemExit(f"{label}: fast_decode generated other tokens than the default path")
         for path, model in (("default", default), ("fast_decode", fast)):
