@@ -224,12 +224,15 @@ def make_variant_model_class(family, base_class: type, config_class: type) -> ty
     """A subclass of ``base_class`` whose attention modules hold ``config.num_key_value_heads`` K/V heads."""
 
     def __init__(self, config, *args, **kwargs):
-        requested = config._attn_implementation
-        if requested == FAST_DECODE_ATTENTION:  # some families' layers pick a class per kernel they know (Falcon)
+        fast = config._attn_implementation == FAST_DECODE_ATTENTION
+        if fast:  # some families' layers pick a class per kernel they know (Falcon)
             config._attn_implementation = "sdpa"
+        # the base class resolves the kernel (an unset one, as in a config read from disk, becomes sdpa or eager);
+        # only the plugin's own kernel is put back, never the unset value (which would drop the causal mask)
         base_class.__init__(self, config, *args, **kwargs)
         install_variant_attention(self, family)  # VariantAttention looks the kernel up at each call
-        self.config._attn_implementation = requested
+        if fast:
+            self.config._attn_implementation = FAST_DECODE_ATTENTION
 
     prefix = family.config_class.__name__.removesuffix("Config")
     return type(
