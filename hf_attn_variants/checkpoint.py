@@ -14,7 +14,14 @@ from .configuration import AttnVariantConfig
 from .convert import merges_heads
 from .default_model import resolve_source, source_name
 from .families import family_for
-from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
+from .io import (
+    atomic_output_dir,
+    check_checkpoint_folder,
+    keep_only_model_files,
+    locked_output_dir,
+    model_folder_problem,
+    write_errors,
+)
 from .model_card import render_model_card
 
 logger = logging.getLogger(__name__)
@@ -53,7 +60,11 @@ def convert_checkpoint(
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
     name = source_name(src, gguf_file)
     src, gguf_file = resolve_source(src, gguf_file)
-    out = check_output_dir(src, out, overwrite)
+    with locked_output_dir(src, out, overwrite, replaceable=model_folder_problem) as out:
+        return _convert(src, out, name, attn_variant, num_key_value_heads, kv_init, seed, gguf_file, dtype, merge)
+
+
+def _convert(src, out, name, attn_variant, num_key_value_heads, kv_init, seed, gguf_file, dtype, merge) -> Path:
     located = {"gguf_file": gguf_file} if gguf_file else {}
     files = check_checkpoint_folder(src) if not gguf_file and Path(src).is_dir() else []
     request = AttnVariantConfig.from_pretrained(
@@ -95,11 +106,12 @@ def convert_checkpoint(
         ) from err
     tokenizer = _load_tokenizer(src, located)
     card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
-    with atomic_output_dir(out) as tmp:
+    with atomic_output_dir(out) as tmp, write_errors(out):  # a full disk: an OSError, not a SafetensorError
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         card.save(tmp / "README.md")
+        keep_only_model_files(tmp)
     return out
 
 
@@ -114,6 +126,7 @@ def _convert_streaming(src, files, config, out, name, attn_variant, num_key_valu
         )
         card = render_model_card(SimpleNamespace(config=target), name, family_for(config).num_kv_heads(config), kv_init)
         card.save(tmp / "README.md")
+        keep_only_model_files(tmp)
     return out
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from .calibration import MergeArguments
 from .checkpoint import DTYPES, convert_checkpoint
 from .heads import KV_INIT_METHODS
+from .io import Stopped, signals_as_exceptions
 from .kv_cache import CACHE_DTYPES
 from .variants import ATTN_VARIANTS, GROUPINGS
 
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = argparse.Namespace(command="train", options=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     try:
         commands = {"convert": _convert, "kv-cache": _kv_cache, "train": _train, "tradeoff": _tradeoff}
-        return commands[args.command](args)
+        with signals_as_exceptions():  # SIGINT/SIGTERM/SIGHUP unwind like an error: temporary output removed
+            return commands[args.command](args)
+    except Stopped as stop:  # one line, no traceback; the shell's status of a process the signal ended
+        print(f"hf-attn-variants {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_status
     except (ValueError, OSError) as err:  # FileExistsError and missing files are OSErrors
         print(f"hf-attn-variants {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,6 @@ import errno
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -25,11 +24,11 @@ from tqdm.auto import tqdm
 
 from .convert import check_kv_weight_count
 from .families import family_for
-from .io import SAFETENSORS_INDEX
+from .io import CARD, SAFETENSORS_INDEX, copy_model_file, source_model_files
 from .variants import check_kv_init, resolve_num_kv_heads
 
-# files of a checkpoint folder that are not carried over as they are
-_REWRITTEN = {"config.json", SAFETENSORS_INDEX, "README.md"}
+# model files of a checkpoint folder that are written anew, not carried over
+_REWRITTEN = {"config.json", SAFETENSORS_INDEX, CARD}
 
 
 def stream_convert(
@@ -96,9 +95,9 @@ def stream_convert(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     target.save_pretrained(out)
-    for extra in src.iterdir():  # tokenizer, generation config, chat template...
-        if extra.is_file() and extra.suffix != ".safetensors" and extra.name not in _REWRITTEN:
-            shutil.copy2(extra, out / extra.name)
+    for name, extra in source_model_files(src).items():  # tokenizer, generation config, chat templates: no more
+        if not name.endswith(".safetensors") and name not in _REWRITTEN:
+            copy_model_file(extra, out / name)
     return target
 
 

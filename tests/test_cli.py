@@ -151,8 +151,13 @@ def test_existing_out_is_refused_unless_overwrite(src, tmp_path, capsys):
     assert run("convert", src, out, "--variant", "mqa") == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert (out / "precious.txt").read_text() == "work"
+    assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 2  # not a model folder: never replaced
+    assert "does not look like a model folder (it holds 'precious.txt'" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "work"
+    (out / "precious.txt").unlink()
+    (out / "config.json").write_text("{}")  # a model folder (tests/test_output_safety.py has the rule's cases)
     assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 0
-    assert not (out / "precious.txt").exists() and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 1
 
 
 @pytest.mark.parametrize("where", ["same", "inside"])
