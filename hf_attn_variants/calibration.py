@@ -84,7 +84,8 @@ def calibration_blocks(
     if blocks is None:
         if tokenizer is None:
             raise ValueError("give a tokenizer (to pack the calibration text) or token blocks")
-        blocks = pack(load_texts(dataset, dataset_config, data_files=data_files), tokenizer, seq_len)
+        texts = load_texts(dataset, dataset_config, data_files=data_files)
+        blocks = pack(texts, tokenizer, seq_len, option="--calibration-seq-len")
         blocks = blocks.select(range(len(blocks) - round(len(blocks) * exclude_last)))
     if len(blocks) < num_samples:
         raise ValueError(

@@ -142,20 +142,26 @@ def check_kv_shapes(files: list[Path], config) -> None:
     """
     from safetensors import safe_open
 
+    from .convert import check_kv_weight_count
+    from .streaming import _DTYPES
+
     family = family_for(config)
-    kv = family.num_kv_heads(config)
+    kv, found = family.num_kv_heads(config), 0
     for path in files:
         with safe_open(str(path), "pt") as handle:
             for key in handle.keys():
-                shape = handle.get_slice(key).get_shape()
-                family.convert_tensor(key, torch.empty(shape, device="meta"), config, kv, "first")
+                header = handle.get_slice(key)  # an integer K/V tensor is refused by its header's dtype
+                dtype = _DTYPES.get(header.get_dtype(), torch.uint8)
+                meta = torch.empty(header.get_shape(), dtype=dtype, device="meta")
+                found += family.convert_tensor(key, meta, config, kv, "first") is not None and key.endswith("weight")
+    check_kv_weight_count(family, config, found)  # the config's layers against the weights, before any is built
 
 
 def _load_tokenizer(src, located: dict):
-    from transformers import AutoTokenizer
+    from .sources import load_tokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(src, **located)
+        return load_tokenizer(src, **located)
     except (OSError, ValueError, KeyError) as err:  # a weights-only folder: the checkpoint is still complete
         logger.warning("no tokenizer saved: %s", err)
         return None

@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-attn-variants {args.command}: {stop}", file=sys.stderr)
         return stop.exit_status
     except (ValueError, OSError) as err:  # FileExistsError and missing files are OSErrors
-        print(f"hf-attn-variants {args.command}: error: {err}", file=sys.stderr)
+        message = " ".join(str(err).split()) or type(err).__name__  # one line, whatever the message held
+        print(f"hf-attn-variants {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
@@ -161,25 +162,26 @@ def _train(args) -> int:
 
 
 def _kv_cache(args) -> int:
-    from transformers import AutoConfig
-
     from .default_model import resolve_source
     from .kv_cache import format_bytes, kv_cache_plan, largest_batch, parse_size
+    from .sources import load_config
     from .variants import parse_variant_list
 
     variants = parse_variant_list(args.variants)
+    if args.allocate and not args.budget:
+        raise ValueError("--allocate needs --budget: it allocates the largest batch whose cache fits the budget")
+    budget = parse_size(args.budget) if args.budget else None
     src, gguf_file = resolve_source(args.src, args.gguf_file)
-    config = AutoConfig.from_pretrained(src, **({"gguf_file": gguf_file} if gguf_file else {}))
+    config = load_config(src, gguf_file)
     rows = kv_cache_plan(config, variants, args.seq_len, args.batch, args.dtype)
-    if args.budget:
-        budget = parse_size(args.budget)
+    if budget is not None:
         device = "cpu" if args.allocate else "meta"
         for row in rows:
-            row["budget"] = {
-                "bytes": budget,
-                "allocated_on": device,
-                **largest_batch(config, row["num_key_value_heads"], args.seq_len, budget, args.dtype, device),
-            }
+            try:
+                fit = largest_batch(config, row["num_key_value_heads"], args.seq_len, budget, args.dtype, device)
+            except ValueError as err:
+                raise ValueError(f"--budget {args.budget}{' --allocate' if args.allocate else ''}: {err}") from err
+            row["budget"] = {"bytes": budget, "allocated_on": device, **fit}
     if args.json:
         print(
             json.dumps(

@@ -10,7 +10,7 @@ get is an ordinary model of the target family: the family's own class and config
 
 from __future__ import annotations
 
-from transformers import AutoConfig, PretrainedConfig
+from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .variants import check_kv_init, resolve_num_kv_heads, variant_name
@@ -117,7 +117,9 @@ class AttnVariantConfig(PretrainedConfig):
         A folder that already holds an ``AttnVariantConfig`` loads as saved.
         """
         variant_kwargs = {k: kwargs.pop(k) for k in ("kv_init", "kv_init_seed") if k in kwargs}
-        config = AutoConfig.from_pretrained(pretrained_model_name_or_path, **kwargs)
+        from .sources import load_config  # one-line errors for a damaged, missing or impossible source config
+
+        config = load_config(pretrained_model_name_or_path, **kwargs)
         if isinstance(config, cls) and attn_variant is None and num_key_value_heads is None:
             return config
         config.name_or_path = str(pretrained_model_name_or_path)

@@ -52,9 +52,79 @@ def source_name(src: str, gguf_file: str | None = None) -> str:
 
 
 def resolve_source(src: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """``src`` and its GGUF file name, with the alias ``smollm2`` standing for the default model."""
+    """``src`` and its GGUF file name, with the alias ``smollm2`` standing for the default model.
+
+    A ``src`` that is not here is refused at once, in words that say so, when it can only be a path (``./x``,
+    ``/x``, ``a/b/c``, ``x/y`` where ``x`` is a folder here, anything that is no valid hub id) or when, as a hub
+    id, it is neither in the Hugging Face cache nor reachable (offline): transformers would retry the hub for
+    half a minute, then report a malformed repo id or a hub URL.
+
+    Raises:
+        FileNotFoundError: ``src`` does not exist and cannot be fetched.
+        ValueError: ``src`` is a GGUF file (give its folder and the file name as ``gguf_file``).
+    """
     if src == ALIAS and not Path(src).exists():
         if gguf_file not in (None, GGUF_FILE):
             raise ValueError(f"the {ALIAS!r} model is the file {GGUF_FILE!r}, not {gguf_file!r}")
         return default_model()
+    text, path = str(src), Path(src)
+    if path.is_file() and path.suffix == ".gguf" and gguf_file is None:
+        raise ValueError(
+            f"{text!r} is a GGUF file; give its folder {str(path.parent)!r} as the source and {path.name!r} as the "
+            "GGUF file (--gguf-file)"
+        )
+    if not path.exists():
+        if _reads_as_path(text):
+            raise FileNotFoundError(
+                f"{text!r} does not exist: no such folder (a source is a model folder, a hub id such as "
+                f"'org/name', or {ALIAS!r})"
+            )
+        if not _hub_reachable() and not _in_hub_cache(text):
+            raise FileNotFoundError(
+                f"{text!r} is not a folder here, nor a model in the Hugging Face cache, and the hub cannot be "
+                "reached (offline, or HF_HUB_OFFLINE=1) to download it"
+            )
     return src, gguf_file
+
+
+def _reads_as_path(text: str) -> bool:
+    """Whether ``text`` can only name a path: spelled like one, or not a valid hub id."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if text.startswith((".", "/", "~")) or "\\" in text or text.count("/") > 1 or text.endswith("/"):
+        return True
+    if "/" in text and Path(text.split("/")[0]).is_dir():
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub may be reached: not offline, and its host name resolves (or a proxy is set)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except (ValueError, OSError):  # a malformed id or cache entry: transformers reports it
+        return False

@@ -94,6 +94,7 @@ def check_output_dir(
     shown = repr(str(out))
     if not str(out).strip():
         raise ValueError(f"OUT {shown} is empty (an unset shell variable?); name the folder to write")
+    _check_name_length(Path(out), shown)
     given = Path.cwd() / out
     if given.is_symlink():
         raise ValueError(
@@ -133,6 +134,26 @@ def check_output_dir(
                 "of config, tokenizer, *.safetensors and README.md files: remove it yourself or choose another OUT"
             )
     return real
+
+
+TEMP_AFFIX = len(".") + len(".tmp-") + 8  # what a temporary (or .old-) folder beside OUT adds to its name
+
+
+def _check_name_length(out: Path, shown: str) -> None:
+    """Refuse an OUT whose name, or the name of the temporary folder written beside it, the file system cannot
+    hold (the error would otherwise name the temporary folder)."""
+    parent = next((p for p in (Path.cwd() / out).parents if p.is_dir()), Path(Path.cwd().anchor))
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the usual limit
+        limit = 255
+    length = len(os.fsencode(out.name))
+    if length + TEMP_AFFIX > limit:
+        raise ValueError(
+            f"OUT {shown}: its name is {length} bytes long, and at most {limit - TEMP_AFFIX} fit here (the file "
+            f"system allows {limit}, and a temporary '.{{name}}.tmp-XXXXXXXX' is written beside OUT); use a "
+            "shorter name"
+        )
 
 
 def _links(src: Path):

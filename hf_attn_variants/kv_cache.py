@@ -8,6 +8,8 @@ from .families import family_for
 from .heads import kv_cache_bytes_per_token
 from .variants import resolve_num_kv_heads, variant_label
 
+MAX_BUDGET = 2**50  # 1 PiB: more memory than one machine has; a larger budget is a typo (1e30)
+
 CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
               "TiB": 2**40}  # fmt: skip
@@ -51,6 +53,48 @@ def dtype_bytes(dtype: str | torch.dtype) -> int:
     return getattr(torch, dtype).itemsize
 
 
+def available_memory(device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (``None``: unknown): CUDA's free memory; on the CPU, the
+    kernel's MemAvailable, capped by a cgroup memory limit and by this process's address-space limit."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    limits = []
+    meminfo = _read_numbers("/proc/meminfo", "MemAvailable:")
+    if meminfo is not None:
+        limits.append(meminfo * 1024)  # kB
+    for limit_file, used_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),  # cgroup v2
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),  # v1
+    ):
+        limit, used = _read_numbers(limit_file), _read_numbers(used_file)
+        if limit is not None and used is not None and limit < 2**60:  # v1 writes "no limit" as a huge number
+            limits.append(max(limit - used, 0))
+    try:
+        import resource
+
+        address_space = resource.getrlimit(resource.RLIMIT_AS)[0]
+        mapped = _read_numbers("/proc/self/status", "VmSize:")
+        if address_space != resource.RLIM_INFINITY and mapped is not None:
+            limits.append(max(address_space - mapped * 1024, 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(limits) if limits else None
+
+
+def _read_numbers(path: str, key: str | None = None) -> int | None:
+    """The number in the file ``path`` (or on its line starting with ``key``); ``None`` if there is none."""
+    try:
+        with open(path) as handle:
+            lines = [line for line in handle if key is None or line.startswith(key)]
+    except OSError:
+        return None
+    words = lines[0].removeprefix(key or "").split() if lines else []
+    return int(words[0]) if words and words[0].isdigit() else None
+
+
 def cached_tokens_per_layer(config, num_layers: int, seq_len: int) -> list[int]:
     """Tokens each layer's cache holds after ``seq_len`` tokens: sliding-window layers keep only the last
     ``sliding_window - 1`` (as transformers' caches do between steps), the others keep all."""
@@ -79,9 +123,11 @@ def kv_cache_plan(
         seq_len, batch: the cached tokens per sequence and the number of sequences.
         dtype: the cache's element type.
     """
-    if seq_len < 1 or batch < 1:
-        raise ValueError(f"seq_len={seq_len} and batch={batch} must be positive")
+    for name, value in (("seq_len", seq_len), ("batch", batch)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a whole number of at least 1")
     family = family_for(config)
+    family.check_config(config)  # head and layer counts within bounds before anything is sized from them
     heads, layers, head_dim = family.num_heads(config), family.num_layers(config), family.head_dim(config)
     element = dtype_bytes(dtype)
     mha_per_token = kv_cache_bytes_per_token(layers, heads, head_dim, element)
@@ -130,10 +176,39 @@ def largest_batch(config, num_key_value_heads: int, seq_len: int, budget: int, d
 
     Returns ``{"max_batch", "allocated_bytes", "next_batch_bytes"}``: the plan's batch, the bytes of its cache
     allocated on ``device``, and the bytes one more sequence would need (over ``budget``).
+
+    Raises:
+        ValueError: a budget over ``MAX_BUDGET``, one in which not even one sequence fits, or (on a real
+            device) a cache larger than the memory the device has free: it is refused before allocating.
     """
+    if budget > MAX_BUDGET:
+        raise ValueError(
+            f"a budget of {budget:.4g} bytes is more memory than a machine has; give at most {format_bytes(MAX_BUDGET)}"
+        )
+    family = family_for(config)
+    family.check_config(config)
+    label = variant_label(family.num_heads(config), num_key_value_heads)
     per_sequence = allocated_cache_bytes(config, num_key_value_heads, seq_len, 1, dtype, "meta")
     batch = budget // per_sequence
-    allocated = allocated_cache_bytes(config, num_key_value_heads, seq_len, batch, dtype, device) if batch else 0
+    if batch == 0:
+        raise ValueError(
+            f"not even one sequence of {seq_len} tokens fits in {format_bytes(budget)}: the {label} cache needs "
+            f"{format_bytes(per_sequence)} per sequence; give at least that, or fewer tokens"
+        )
+    if device != "meta":
+        needed = allocated_cache_bytes(config, num_key_value_heads, seq_len, batch, dtype, "meta")
+        free = available_memory(device)
+        if free is not None and needed > free:
+            raise ValueError(
+                f"allocating the {label} cache of {batch} sequences ({format_bytes(needed)}) on {device} would take "
+                f"more than its {format_bytes(free)} of free memory; plan it without allocating, or give a budget "
+                "that fits"
+            )
+    try:
+        allocated = allocated_cache_bytes(config, num_key_value_heads, seq_len, batch, dtype, device)
+    except RuntimeError as err:  # the allocator's own refusal (torch.OutOfMemoryError is a RuntimeError)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"allocating the {label} cache of {batch} sequences on {device} failed: {first}") from err
     return {
         "max_batch": batch,
         "allocated_bytes": allocated,

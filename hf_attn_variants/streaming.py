@@ -102,12 +102,36 @@ def stream_convert(
 
 
 def _source_class(config) -> type:
+    """The transformers model class that ``config.architectures`` names, if it is one for this config.
+
+    Raises:
+        ValueError: the name is something else of transformers (``AutoTokenizer``, ``set_seed``, another family's
+            model): it is never called.
+        NotStreamable: transformers has nothing of that name (a plugin variant's class: converted in memory).
+    """
     import transformers
+    from transformers.models.auto import modeling_auto
 
     names = getattr(config, "architectures", None) or []
-    source_class = getattr(transformers, names[0], None) if names else None
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], str) else None
+    source_class = getattr(transformers, name, None) if name and name.isidentifier() else None
     if source_class is None:
         raise NotStreamable(f"config.architectures {names!r} names no transformers model class")
+    config_class = getattr(source_class, "config_class", None)
+    if not (
+        isinstance(source_class, type)
+        and issubclass(source_class, transformers.PreTrainedModel)
+        and isinstance(config_class, type)
+        and isinstance(config, config_class)
+    ):
+        mappings = (modeling_auto.MODEL_MAPPING_NAMES, modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                    modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                    modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES)  # fmt: skip
+        valid = sorted({m[config.model_type] for m in mappings if config.model_type in m})
+        raise ValueError(
+            f"config.architectures names {name!r}, which is not a {config.model_type} model class of transformers; "
+            f"valid: {valid}"
+        )
     return source_class
 
 

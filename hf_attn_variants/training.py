@@ -13,7 +13,7 @@ import copy
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -24,10 +24,11 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 from .calibration import MergeArguments
 from .checkpoint import DTYPES, dtype_from_name
 from .convert import convert, drop_gguf_record
-from .data import DEFAULT_DATASET, load_texts, pack, split_blocks
+from .data import DEFAULT_DATASET, check_data_files, load_texts, pack, split_blocks
 from .default_model import resolve_source, source_name
 from .families import family_for
 from .io import check_checkpoint_folder
+from .sources import load_config, load_tokenizer
 from .variants import ATTN_VARIANTS, check_kv_init, resolve_num_kv_heads
 
 TRAINED = {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}
@@ -188,6 +189,79 @@ def check_arguments(model_args: ModelArguments, uptrain_args: UptrainArguments, 
         raise ValueError("give either --max_steps or --uptrain_fraction/--pretrain_tokens, not both")
     if uptrain_args.teacher and not uptrain_args.distill:
         raise ValueError("--teacher is only used with --distill")
+    check_numbers(model_args, uptrain_args, training_args)
+
+
+def check_numbers(model_args, uptrain_args, training_args) -> None:
+    """Refuse numbers that would train to NaN, not train at all, or fail only once output_dir exists.
+
+    No option may be NaN; the learning rate and epochs are finite and not negative. ``--max_steps`` is a
+    number of optimizer steps, at least 1, or transformers' -1 (the default): train ``--num_train_epochs``
+    epochs; 0 (which would still run a step) and other negative numbers are refused.
+    """
+    for args in (model_args, uptrain_args, training_args):
+        for f in fields(args):
+            value = getattr(args, f.name, None)
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"--{f.name} nan is not a number; give a finite value")
+    steps = training_args.max_steps
+    if steps == 0 or steps < -1:
+        raise ValueError(
+            f"--max_steps {steps}: give a number of optimizer steps of at least 1, or -1 (the default) to train "
+            f"--num_train_epochs epochs"
+        )
+    for name in ("learning_rate", "num_train_epochs", "weight_decay", "adam_epsilon"):
+        value = getattr(training_args, name, None)
+        if isinstance(value, (int, float)) and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"--{name} {value}: give a finite number, 0 or more")
+    for name in ("adam_beta1", "adam_beta2"):
+        value = getattr(training_args, name, None)
+        if isinstance(value, (int, float)) and not 0 <= value < 1:
+            raise ValueError(f"--{name} {value}: give a number from 0 to less than 1")
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(training_args, name, None)
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"--{name} {value}: give a whole number of at least 1")
+    if uptrain_args.uptrain_fraction is not None:
+        budget_steps(uptrain_args.uptrain_fraction, uptrain_args.pretrain_tokens, 1)  # its range, checked now
+        if not math.isfinite(uptrain_args.pretrain_tokens):
+            raise ValueError(f"--pretrain_tokens {uptrain_args.pretrain_tokens}: give a finite number of tokens")
+    if uptrain_args.distill:
+        t, alpha = uptrain_args.distill_temperature, uptrain_args.distill_alpha
+        if not (math.isfinite(t) and t > 0) or not 0 <= alpha <= 1:
+            raise ValueError(
+                f"--distill_temperature {t} must be a finite number > 0 and --distill_alpha {alpha} lie in [0, 1]"
+            )
+    if model_args.use_peft:
+        if model_args.lora_r < 1 or not 0 <= model_args.lora_dropout < 1 or not math.isfinite(model_args.lora_alpha):
+            raise ValueError(
+                f"--lora_r {model_args.lora_r} must be at least 1, --lora_dropout {model_args.lora_dropout} lie in "
+                f"[0, 1) and --lora_alpha {model_args.lora_alpha} be finite"
+            )
+
+
+def check_data_arguments(data_args) -> None:
+    """Refuse block sizes, held-out shares and data files that would fail only after the model is loaded."""
+    if not isinstance(data_args.block_size, int) or data_args.block_size < 2:
+        raise ValueError(f"--block_size {data_args.block_size}: give a whole number of tokens, at least 2")
+    if not 0 < data_args.eval_fraction < 1:
+        raise ValueError(f"--eval_fraction {data_args.eval_fraction} must lie strictly between 0 and 1")
+    if data_args.max_eval_blocks is not None and data_args.max_eval_blocks < 1:
+        raise ValueError(f"--max_eval_blocks {data_args.max_eval_blocks}: give at least 1 (or leave it unset)")
+    if data_args.data_files:
+        check_data_files(data_args.data_files)
+
+
+def check_source(model_name_or_path: str, gguf_file: str | None = None, model_args=None):
+    """Read the source's config and check it (and the variant asked for, against its heads) before any weight is
+    read or output_dir exists; returns the config."""
+    src, gguf_file = resolve_source(model_name_or_path, gguf_file)
+    config = load_config(src, gguf_file)
+    family = family_for(config)
+    family.check_config(config)
+    if model_args is not None and (model_args.attn_variant or model_args.num_key_value_heads):
+        resolve_num_kv_heads(model_args.attn_variant, model_args.num_key_value_heads, family.num_heads(config))
+    return config
 
 
 def load_source(model_args: ModelArguments):
@@ -197,7 +271,7 @@ def load_source(model_args: ModelArguments):
     located = {"gguf_file": gguf_file} if gguf_file else {}
     if not gguf_file and Path(src).is_dir():
         check_checkpoint_folder(src)  # safetensors only, intact, no index entry outside the folder
-    tokenizer = transformers.AutoTokenizer.from_pretrained(src, **located)
+    tokenizer = load_tokenizer(src, gguf_file)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = dict(located or {"use_safetensors": True}, dtype=dtype_from_name(model_args.dtype))
@@ -330,8 +404,27 @@ def make_trainer(model, tokenizer, training_args, train_blocks, eval_blocks, upt
 
 
 def run(model_args, data_args, uptrain_args, training_args) -> dict:
-    """Convert, train and evaluate; save model (or adapter), tokenizer, card and results in output_dir."""
+    """Convert, train and evaluate; save model (or adapter), tokenizer, card and results in output_dir.
+
+    Everything that can be checked is checked before any weight is read and before output_dir is created; an
+    output_dir this run created and left empty (a failure in training itself) is removed again.
+    """
     check_arguments(model_args, uptrain_args, training_args)
+    check_data_arguments(data_args)
+    check_source(model_args.model_name_or_path, model_args.gguf_file, model_args)
+    if uptrain_args.distill and uptrain_args.teacher:
+        check_source(uptrain_args.teacher)
+    output_dir = Path(training_args.output_dir)
+    existed = output_dir.exists()
+    try:
+        return _run(model_args, data_args, uptrain_args, training_args)
+    except BaseException:
+        if not existed and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+        raise
+
+
+def _run(model_args, data_args, uptrain_args, training_args) -> dict:
     resume = _resume_from(training_args)
     transformers.set_seed(training_args.seed)
     source, tokenizer, source_display = load_source(model_args)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 from .heads import KV_INIT_METHODS
 
 ATTN_VARIANTS = ("mha", "gqa", "mqa")
@@ -34,6 +36,17 @@ def resolve_num_kv_heads(attn_variant: str | None, num_key_value_heads: int | No
         ValueError: unknown variant, ``gqa`` without ``num_key_value_heads``, a count that does not divide
             ``num_heads`` or does not fit the variant. The message names the bad value and the valid choices.
     """
+    from .families.base import MAX_HEADS, check_count
+
+    check_count("the source", "num_attention_heads", num_heads, MAX_HEADS)  # before choices are listed from it
+    if num_key_value_heads is not None:
+        if not isinstance(num_key_value_heads, numbers.Integral) or isinstance(num_key_value_heads, bool):
+            divisors = [g for g in range(1, num_heads + 1) if num_heads % g == 0]
+            raise ValueError(
+                f"num_key_value_heads={num_key_value_heads!r} must be a whole number, not a "
+                f"{type(num_key_value_heads).__name__}; valid choices: {divisors}"
+            )
+        num_key_value_heads = int(num_key_value_heads)
     if attn_variant is None:
         if num_key_value_heads is None:
             raise ValueError(f"give attn_variant (one of {list(ATTN_VARIANTS)}) or num_key_value_heads")

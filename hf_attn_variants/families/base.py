@@ -20,6 +20,77 @@ import torch
 from ..heads import merge_grouped_qkv, regroup_kv_heads, split_fused, split_grouped_qkv
 from ..merging import HeadLayout
 
+# Bounds on a config's counts, checked before anything is sized from them: a config may come from anywhere, and
+# 10**9 layers or heads would make a conversion or a cache plan grow without limit. They are far above any
+# released model (about 200 layers, a few hundred query heads).
+MAX_HEADS = 2**16
+MAX_LAYERS = 2**12
+HEAD_FIELDS = ("num_attention_heads", "n_head", "num_key_value_heads", "num_kv_heads", "n_head_kv")
+LAYER_FIELDS = ("num_hidden_layers", "n_layer")
+SIZE_FIELDS = ("hidden_size", "n_embd", "head_dim")
+OPTIONAL_FIELDS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "head_dim")  # None: the family's default
+TORCH_DTYPES = ("float32", "bfloat16", "float16", "float64")  # the usual ones, named in errors
+
+
+def check_count(where: str, name: str, value, bound: int | None = None) -> int:
+    """``value``, checked to be a whole number from 1 to ``bound``.
+
+    Raises:
+        ValueError: anything else (0, a negative number, a float, a string, a bool, a number over ``bound``).
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= (bound or value):
+        return value
+    kind = "" if isinstance(value, int) and not isinstance(value, bool) else f", not a {type(value).__name__}"
+    limit = f"from 1 to {bound}" if bound else "of at least 1"
+    raise ValueError(f"{where}: {name}={value!r} must be a whole number {limit}{kind}")
+
+
+def check_config_values(values, where: str = "config") -> None:
+    """Refuse a config (a ``config.json``'s dict or ``config.to_dict()``) whose head and layer counts, sizes, RoPE
+    type, dtype or ``architectures`` no model could have, before transformers or anything else builds on them.
+
+    Raises:
+        ValueError: the first bad value, named with the valid choices.
+    """
+    if not isinstance(values, dict):
+        raise ValueError(f"{where} is a JSON {type(values).__name__}, not an object of config fields")
+    for fields, bound in ((HEAD_FIELDS, MAX_HEADS), (LAYER_FIELDS, MAX_LAYERS), (SIZE_FIELDS, None)):
+        for name in fields:
+            if name in values and not (values[name] is None and name in OPTIONAL_FIELDS):
+                check_count(where, name, values[name], bound)
+    heads = next((values[n] for n in ("num_attention_heads", "n_head") if n in values), None)
+    hidden = next((values[n] for n in ("hidden_size", "n_embd") if n in values), None)
+    if heads and hidden and values.get("head_dim") is None and hidden % heads:
+        choices = [h for h in range(1, min(hidden, MAX_HEADS) + 1) if hidden % h == 0]
+        raise ValueError(
+            f"{where}: hidden_size={hidden} is not a multiple of num_attention_heads={heads} (and no head_dim is "
+            f"given); head counts that divide {hidden}: {choices}"
+        )
+    _check_rope(values, where)
+    dtype = values.get("dtype", values.get("torch_dtype"))
+    if isinstance(dtype, str) and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise ValueError(f"{where}: dtype={dtype!r} is not a torch dtype; valid choices include {list(TORCH_DTYPES)}")
+    names = values.get("architectures")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"{where}: architectures={names!r} must be a list of model class names")
+
+
+def _check_rope(values, where: str) -> None:
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    for name in ("rope_parameters", "rope_scaling"):
+        rope = values.get(name)
+        if rope is None:
+            continue
+        if not isinstance(rope, dict):
+            raise ValueError(f"{where}: {name}={rope!r} must be an object (with a rope_type) or null")
+        per_layer_type = rope and all(isinstance(v, dict) for v in rope.values())  # Gemma 3: one per layer type
+        for params in rope.values() if per_layer_type else [rope]:
+            kind = params.get("rope_type", params.get("type"))
+            valid = ["default", *sorted(ROPE_INIT_FUNCTIONS)]
+            if kind is not None and kind not in valid:
+                raise ValueError(f"{where}: {name} rope_type={kind!r} is not one of {valid}")
+
 
 @dataclass(frozen=True)
 class FamilyAdapter:
@@ -62,7 +133,24 @@ class FamilyAdapter:
         return config.num_hidden_layers
 
     def check_config(self, config) -> None:
-        """Raise ``ValueError`` for a configuration of this family that cannot be converted exactly."""
+        """Raise ``ValueError`` for a configuration of this family that is not valid or cannot be converted exactly.
+
+        Here: the head and layer counts (whole numbers, within ``MAX_HEADS``/``MAX_LAYERS``, K/V heads dividing
+        the query heads), sizes, RoPE type and dtype. A family with more to check extends it, calling
+        ``super().check_config(config)`` first.
+        """
+        where = f"{self.name} config"
+        check_config_values(config.to_dict(), where)
+        heads = check_count(where, "num_attention_heads", self.num_heads(config), MAX_HEADS)
+        kv_heads = check_count(where, "num_key_value_heads", self.num_kv_heads(config), MAX_HEADS)
+        check_count(where, "num_hidden_layers", self.num_layers(config), MAX_LAYERS)
+        check_count(where, "head_dim", self.head_dim(config))
+        if kv_heads > heads or heads % kv_heads:
+            choices = [g for g in range(1, heads + 1) if heads % g == 0]
+            raise ValueError(
+                f"{where}: num_key_value_heads={kv_heads} does not divide num_attention_heads={heads}; "
+                f"valid choices: {choices}"
+            )
 
     # -- weights --------------------------------------------------------------------------------------
     def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0) -> torch.Tensor | None:
@@ -226,6 +314,11 @@ class FamilyAdapter:
         return values
 
     def _regroup(self, key, rows, config, dst_kv, kv_init, seed):
+        if not rows.dtype.is_floating_point:  # pooled as integers, heads would be silently truncated
+            raise ValueError(
+                f"{key}: a K/V tensor of dtype {str(rows.dtype).removeprefix('torch.')}; only floating-point K/V "
+                "weights can be regrouped (a quantized or damaged checkpoint? save it in float32, bfloat16 or float16)"
+            )
         src_kv, head_dim = self.num_kv_heads(config), self.head_dim(config)
         if rows.shape[0] != src_kv * head_dim:
             raise ValueError(

@@ -8,6 +8,7 @@ from .base import PluginFamily, head_dim_scaling
 
 class BloomFamily(PluginFamily):
     def check_config(self, config) -> None:
+        super().check_config(config)
         if config.pretraining_tp > 1 and config.slow_but_exact:
             raise ValueError(
                 f"BLOOM with slow_but_exact=True and pretraining_tp={config.pretraining_tp} is not supported: "

@@ -41,6 +41,7 @@ class FalconFamily(MixedFamily):
         return {"multi_query": False, "num_kv_heads": dst_kv}  # old architecture, G K/V heads
 
     def check_config(self, config) -> None:
+        super().check_config(config)
         if config.alibi:
             raise ValueError(
                 "Falcon with alibi=True is not supported: its ALiBi attention (bias added before the scale, scores "

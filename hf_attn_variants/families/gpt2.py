@@ -16,6 +16,7 @@ def gpt2_attention_scaling(config, layer_idx: int) -> float:
 
 class GPT2Family(PluginFamily):
     def check_config(self, config) -> None:
+        super().check_config(config)
         if getattr(config, "add_cross_attention", False):
             raise ValueError(
                 "GPT-2 with add_cross_attention=True is not supported: only its self-attention can be converted"

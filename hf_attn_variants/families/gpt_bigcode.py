@@ -28,6 +28,7 @@ class GPTBigCodeFamily(MixedFamily):
         return {"multi_query": False}  # the plugin's num_key_value_heads holds G
 
     def check_config(self, config) -> None:
+        super().check_config(config)
         if getattr(config, "add_cross_attention", False):
             raise ValueError(
                 "GPTBigCode with add_cross_attention=True is not supported: only its self-attention can be converted"

@@ -8,6 +8,7 @@ from .base import PluginFamily, head_dim_scaling
 
 class GPTJFamily(PluginFamily):
     def check_config(self, config) -> None:
+        super().check_config(config)
         head_dim = self.head_dim(config)
         rotary_dim = config.rotary_dim
         if rotary_dim is None or not 0 < rotary_dim <= head_dim or rotary_dim % 2:

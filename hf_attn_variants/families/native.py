@@ -10,6 +10,7 @@ from .base import NativeFamily, NativeFusedFamily
 
 class StableLmFamily(NativeFamily):
     def check_config(self, config) -> None:
+        super().check_config(config)
         if getattr(config, "qk_layernorm", False):
             raise ValueError(
                 "StableLM with qk_layernorm=True is not supported: its key norms are one module per K/V head, "
