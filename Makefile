@@ -1,4 +1,5 @@
-# make main   - set up, then the trade-off table (latency, memory, quality of MHA/GQA/MQA) on SmolLM2-135M-Instruct
+# make main   - set up, then the trade-off table (latency, memory, quality of MHA/GQA/MQA) on SmolLM2-135M-Instruct:
+#               the GQA paper's mean pooling and the default recipe at zero steps, then 30 steps of distillation
 # make test   - set up, then run the whole test suite (unit + real-model tests)
 PY ?= python3
 VENV ?= .venv
@@ -16,7 +17,7 @@ $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 setup: $(BIN)/hf-attn-variants
 
 main: setup
-	$(BIN)/hf-attn-variants tradeoff smollm2 --out out/tradeoff --overwrite
+	$(BIN)/hf-attn-variants tradeoff smollm2 --out out/tradeoff --overwrite --uptrain-steps 30 --distill
 
 test: setup
 	$(BIN)/python -m pytest -ra

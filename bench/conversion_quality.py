@@ -41,6 +41,8 @@ METHODS = {
     "svd + similarity + sequential": dict(kv_init="svd", grouping="similarity", sequential=True),
     "svd + refine": dict(kv_init="svd", refine_steps=30),
     "svd + sequential + refine": dict(kv_init="svd", sequential=True, refine_steps=30),
+    "fast": dict(kv_init="fast"),  # the presets (hf_attn_variants.recipe), on this script's calibration
+    "best": dict(kv_init="best"),
 }
 
 

@@ -123,7 +123,9 @@ def main():
     if args.dtype not in ("float32", "bfloat16", "float16"):
         raise SystemExit(f"dtype {args.dtype!r} is not one of ['float32', 'bfloat16', 'float16']")
     mha = reference_model(getattr(torch, args.dtype), args.device)
-    variants = {hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g) for g in args.kv_heads}
+    variants = {
+        hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g, kv_init="mean") for g in args.kv_heads
+    }
     models = {}  # (variant, path) -> model with that path's attention
     for label, model in variants.items():
         for path in args.paths:

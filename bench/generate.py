@@ -53,7 +53,7 @@ def main():
     calls, labels = {}, []
     for variant, kv in resolve_variants(args.variants, heads, source_kv):
         label = hav.variant_label(heads, kv)
-        default = hav.convert(copy.deepcopy(source), variant, kv)
+        default = hav.convert(copy.deepcopy(source), variant, kv, kv_init="mean")  # speed only: any recipe
         fast = hav.enable_fast_decode(copy.deepcopy(default))
         with torch.inference_mode():
             few = dict(input_ids=prompts[:2, :32], attention_mask=mask[:2, :32], **options)

@@ -16,6 +16,7 @@ from .families import families, family_for, register_family, supported_model_typ
 from .heads import KV_INIT_METHODS
 from .kv_cache import kv_cache_plan
 from .lora import lora_config
+from .recipe import KV_INIT_CHOICES, PRESETS, KVRecipe
 from .variants import ATTN_VARIANTS, resolve_num_kv_heads, variant_label, variant_name
 
 __version__ = "0.1.0"
@@ -26,7 +27,10 @@ _transformers.AutoModel.register(AttnVariantConfig, AttnVariantModel)
 
 __all__ = [
     "ATTN_VARIANTS",
+    "KV_INIT_CHOICES",
     "KV_INIT_METHODS",
+    "KVRecipe",
+    "PRESETS",
     "FAST_DECODE_ATTENTION",
     "AttnVariantConfig",
     "AttnVariantForCausalLM",

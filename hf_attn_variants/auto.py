@@ -1,31 +1,28 @@
 """Drop-in Auto classes, and the classes that build a model from an ``AttnVariantConfig``.
 
 ``hav.AutoModelForCausalLM`` / ``hav.AutoModel`` are transformers' own classes plus the keyword arguments
-``attn_variant``, ``num_key_value_heads``, ``kv_init`` and ``kv_init_seed``. With none of them they are
-transformers' classes, unchanged. With them, the source's pretrained weights are loaded by transformers
+``attn_variant``, ``num_key_value_heads``, ``kv_init`` (a ``KVRecipe``, a method or a preset name), the fields of
+``KVRecipe`` and ``calibration``. With none of them they are transformers' classes, unchanged. With them, the source's pretrained weights are loaded by transformers
 (so ``dtype``, ``device_map``, ``attn_implementation`` and GGUF files work as usual) and converted.
 ``fast_decode=True`` (with or without a variant) ends with ``hav.enable_fast_decode`` on the loaded model.
 """
 
 from __future__ import annotations
 
+import logging
+
 import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
-from .convert import convert, merges_heads
+from .convert import convert
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode, use_fast_kernel
 from .families import family_for
+from .recipe import RECIPE_OPTIONS
 
-_VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", "kv_init", "kv_init_seed")
-_MERGE_KWARGS = (
-    "calibration",
-    "grouping",
-    "fit",
-    "sequential",
-    "refine_steps",
-    "refine_lr",
-)  # options of hav.convert, not of the config
+_VARIANT_KWARGS = ("attn_variant", "num_key_value_heads", *RECIPE_OPTIONS)  # the request and its recipe
+_MERGE_KWARGS = ("calibration",)  # an option of hav.convert, not of the config
 _AUTO_ONLY_KWARGS = ("_from_auto", "adapter_kwargs", "trust_remote_code")
+logger = logging.getLogger(__name__)
 
 
 class _AttnVariantBuilder:
@@ -36,28 +33,29 @@ class _AttnVariantBuilder:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config: AttnVariantConfig, **kwargs):
-        """Load the source model with transformers, then convert it to ``config``'s variant.
+        """Load the source model with transformers, then convert it to ``config``'s variant by its recipe.
 
-        Merge options of :func:`hf_attn_variants.convert` (``calibration``, ``grouping``, ``fit``,
-        ``sequential``) pass through; a method that needs calibration and gets none (or a dict of
-        :func:`hf_attn_variants.calibrate` options) is calibrated with the source's own tokenizer, by default
-        on 128 blocks of 256 tokens of the default text.
+        ``calibration`` (a :class:`hf_attn_variants.Calibration`) passes through to :func:`hf_attn_variants.convert`;
+        without it, a recipe that needs calibration (``auto`` included) calibrates with the source's own tokenizer
+        on the recipe's calibration text. A source without a tokenizer gets ``auto``'s fallback, ``mean``.
         """
         for key in _AUTO_ONLY_KWARGS:
             kwargs.pop(key, None)
-        options = {k: kwargs.pop(k) for k in _MERGE_KWARGS if k in kwargs}
+        calibration = kwargs.pop("calibration", None)
         source = cls.source_auto_class.from_pretrained(
             pretrained_model_name_or_path, *model_args, config=config.base(), **kwargs
         )
-        given = options.get("calibration")
-        if (given is None or isinstance(given, dict)) and needs_calibration(source, config, options):
-            from .calibration import calibrate
-
-            tokenizer_kwargs = {k: kwargs[k] for k in (*HUB_KWARGS, "gguf_file") if k in kwargs}
-            tokenizer = transformers.AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs)
-            options["calibration"] = calibrate(source, tokenizer, **(given or {}))
+        tokenizer = None
+        if calibration is None and _merges(source, config):
+            tokenizer_kwargs = {k: kwargs[k] for k in HUB_KWARGS if k in kwargs}
+            tokenizer = source_tokenizer(pretrained_model_name_or_path, tokenizer_kwargs, source.config)
         return convert(
-            source, config.attn_variant, config.num_key_value_heads, config.kv_init, config.kv_init_seed, **options
+            source,
+            config.attn_variant,
+            config.num_key_value_heads,
+            config.kv_recipe,
+            calibration=calibration,
+            tokenizer=tokenizer,
         )
 
     @classmethod
@@ -76,16 +74,29 @@ class AttnVariantModel(_AttnVariantBuilder):
     source_auto_class = transformers.AutoModel
 
 
-def needs_calibration(source, config: AttnVariantConfig, options: dict) -> bool:
-    """Whether converting ``source`` to ``config``'s variant with ``options`` merges heads from calibration."""
+def _merges(source, config: AttnVariantConfig) -> bool:
+    """Whether converting ``source`` to ``config``'s variant may read calibration statistics."""
     family = family_for(source.config)
-    merging = merges_heads(
-        config.kv_init,
-        options.get("grouping", "contiguous"),
-        options.get("fit", False),
-        options.get("sequential", False),
-    )
-    return merging and config.num_key_value_heads % family.num_kv_heads(source.config) != 0
+    recipe = config.kv_recipe
+    fewer = config.num_key_value_heads % family.num_kv_heads(source.config) != 0
+    return fewer and (recipe.kv_init == "auto" or recipe.needs_calibration)
+
+
+def source_tokenizer(src, hub_kwargs: dict, config=None):
+    """The source's own tokenizer if it has a usable one (it tokenizes text within the model's vocabulary), else
+    ``None``, logged: transformers builds an empty tokenizer for some folders that hold none.
+    """
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src, **hub_kwargs)
+        ids = tokenizer("The capital of France is Paris.", add_special_tokens=False)["input_ids"]
+    except Exception as err:  # a missing, corrupt or foreign tokenizer: calibration cannot read text with it
+        logger.warning("no usable tokenizer in %r (%s: %s)", str(src), type(err).__name__, err)
+        return None
+    vocab = getattr(config, "vocab_size", None)
+    if len(ids) < 2 or (vocab and max(ids) >= vocab):
+        logger.warning("no usable tokenizer in %r: it maps text to %d token ids within %s", str(src), len(ids), vocab)
+        return None
+    return tokenizer
 
 
 def _variant_request(config, pretrained_model_name_or_path, variant_kwargs, kwargs) -> AttnVariantConfig:
@@ -130,10 +141,10 @@ def _make_auto_class(base: type, builder: type) -> type:
         return base.from_config.__func__(cls, config, **kwargs)
 
     doc = (
-        f"transformers.{base.__name__}, plus ``attn_variant`` (mha | gqa | mqa), ``num_key_value_heads``, "
-        "``kv_init`` (mean | first | random | aligned | svd) and ``kv_init_seed`` in ``from_pretrained`` and "
-        "``from_config``; ``from_pretrained`` also takes hf_attn_variants.convert's ``calibration``, ``grouping``, "
-        "``fit`` and ``sequential``; ``fast_decode=True`` switches the loaded model to the plugin's decode path "
+        f"transformers.{base.__name__}, plus ``attn_variant`` (mha | gqa | mqa), ``num_key_value_heads`` and the "
+        "conversion recipe (``kv_init``: a hf_attn_variants.KVRecipe, a method or a preset name, default 'auto'; "
+        "and KVRecipe's fields) in ``from_pretrained`` and ``from_config``; ``from_pretrained`` also takes "
+        "``calibration``; ``fast_decode=True`` switches the loaded model to the plugin's decode path "
         "(hf_attn_variants.enable_fast_decode)."
     )
     return type(

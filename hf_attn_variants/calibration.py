@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import asdict, dataclass, field
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import DEFAULT_DATASET, load_texts, pack
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -213,6 +216,10 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibrat
     """
     from .families import family_for
 
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if draw.get("blocks") is None and limit and draw.get("seq_len", 256) > limit:
+        logger.warning("calibration blocks of %d tokens: the model reads at most %d positions", limit, limit)
+        draw["seq_len"] = limit
     input_ids = calibration_blocks(tokenizer, **draw)
     modules = family_for(model.config).attention_modules(model)
     with eval_mode(model):  # no dropout in the statistics
@@ -228,50 +235,16 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibrat
     return Calibration(moments, input_ids, source, info)
 
 
-@dataclass
-class MergeArguments:
-    """How fewer K/V heads are made beyond ``kv_init``, and the calibration text (for train, tradeoff, convert)."""
+def calibration_for(recipe, model, tokenizer=None, blocks=None):
+    """A function that calibrates ``model`` as ``recipe`` (a ``KVRecipe``) says, for ``convert(calibration=...)``.
 
-    grouping: str = field(default="contiguous", metadata={"help": "contiguous or similarity"})
-    fit: bool = field(default=False, metadata={"help": "least-squares re-fit of queries and outputs after merging"})
-    sequential: bool = field(
-        default=False, metadata={"help": "merge layer by layer on the partly converted model, re-fitting outputs"}
-    )
-    refine_steps: int = field(
-        default=0, metadata={"help": "Adam steps per attention layer matching the source's outputs (0: none)"}
-    )
-    calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})
-    calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration block"})
-    calibration_seed: int = 0
-    calibration_data_files: list[str] | None = field(
-        default=None, metadata={"help": "calibration text files (default: the training text, or Python's help text)"}
-    )
+    The blocks are drawn from ``blocks`` (training's own blocks) unless the recipe names calibration files.
+    ``convert`` calls it only if heads are merged, with the recipe it resolved (its sample count counts).
+    """
 
-    def convert_kwargs(self, model, tokenizer=None, blocks=None) -> dict:
-        """``hf_attn_variants.convert``'s merge options; the calibration is built only if heads are merged.
+    def build(resolved=None):  # convert passes the recipe it resolved (``auto`` -> ``best`` ...)
+        resolved = resolved or recipe
+        use_blocks = None if resolved.calibration_data_files else blocks
+        return calibrate(model, tokenizer, **resolved.calibrate_kwargs(), blocks=use_blocks)
 
-        It is drawn from ``blocks`` (training's blocks) unless ``calibration_data_files`` are given.
-        """
-
-        def build():
-            use_blocks = None if self.calibration_data_files else blocks
-            return calibrate(
-                model,
-                tokenizer,
-                num_samples=self.calibration_samples,
-                seq_len=self.calibration_seq_len,
-                seed=self.calibration_seed,
-                data_files=self.calibration_data_files,
-                blocks=use_blocks,
-            )
-
-        return dict(
-            grouping=self.grouping,
-            fit=self.fit,
-            sequential=self.sequential,
-            refine_steps=self.refine_steps,
-            calibration=build,
-        )
-
-    def describe(self) -> dict:
-        return asdict(self)
+    return build

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .auto import AttnVariantForCausalLM
-from .calibration import MergeArguments
+from .auto import AttnVariantForCausalLM, source_tokenizer
 from .configuration import AttnVariantConfig
-from .convert import merges_heads
+from .convert import record_recipe
 from .default_model import resolve_source, source_name
 from .families import family_for
 from .io import (
@@ -23,6 +22,7 @@ from .io import (
     write_errors,
 )
 from .model_card import render_model_card
+from .recipe import KVRecipe
 
 logger = logging.getLogger(__name__)
 
@@ -39,92 +39,103 @@ def convert_checkpoint(
     out: str | os.PathLike,
     attn_variant: str | None,
     num_key_value_heads: int | None = None,
-    kv_init: str = "mean",
-    seed: int = 0,
+    kv_init: KVRecipe | str | None = None,
+    seed: int | None = None,
     gguf_file: str | None = None,
     dtype: str = "auto",
     overwrite: bool = False,
-    merge: MergeArguments | None = None,
+    **recipe_options,
 ) -> Path:
     """Write ``src`` (folder, hub id, GGUF file, or ``smollm2``) in ``attn_variant`` to the folder ``out``.
 
+    ``kv_init`` is the recipe (a ``KVRecipe``, a method or a preset name; default ``auto``: ``best`` with the
+    source's tokenizer, else ``mean``), ``recipe_options`` its fields. A recipe that does not merge from
+    calibration (mean, first, random; any expansion) streams a local safetensors checkpoint shard by shard.
+
     Everything is checked before any weight is read; the model, its tokenizer and a model card are
-    written to a temporary folder beside ``out`` that replaces ``out`` only once complete. Only safetensors (and GGUF)
+    written to a temporary folder beside ``out`` that replaces ``out`` only once complete, under a lock
+    (``.OUT.lock``) held from the first check to the end. Only a model folder's files reach ``out``
+    (``io.is_model_file``: no pickles, no ``*.py``, no ``auto_map``), and ``--overwrite`` only replaces a
+    folder a conversion could have written (``io.model_folder_problem``). Only safetensors (and GGUF)
     weights are read; pickled checkpoints are refused by transformers' ``use_safetensors=True``.
 
     Raises:
         ValueError, FileExistsError, OSError: bad variant or head count, unsupported family, an ``out``
-            that exists (without ``overwrite``) or would clobber the source, a missing or unreadable source.
+            that exists (without ``overwrite``), would clobber the source or a user's folder, is a link or
+            is being written by another conversion (``io.OutputBusy``); a missing or unreadable source.
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+    recipe = KVRecipe.build(kv_init, kv_init_seed=seed, **recipe_options)
     name = source_name(src, gguf_file)
     src, gguf_file = resolve_source(src, gguf_file)
+    # OUT checked, then locked (a second conversion to it fails at once) and checked again, for the whole run
     with locked_output_dir(src, out, overwrite, replaceable=model_folder_problem) as out:
-        return _convert(src, out, name, attn_variant, num_key_value_heads, kv_init, seed, gguf_file, dtype, merge)
+        return _convert(src, out, name, attn_variant, num_key_value_heads, recipe, gguf_file, dtype)
 
 
-def _convert(src, out, name, attn_variant, num_key_value_heads, kv_init, seed, gguf_file, dtype, merge) -> Path:
+def _convert(src, out, name, attn_variant, num_key_value_heads, recipe: KVRecipe, gguf_file, dtype) -> Path:
     located = {"gguf_file": gguf_file} if gguf_file else {}
     files = check_checkpoint_folder(src) if not gguf_file and Path(src).is_dir() else []
-    request = AttnVariantConfig.from_pretrained(
-        src, attn_variant, num_key_value_heads, kv_init=kv_init, kv_init_seed=seed, **located
-    )
+    request = AttnVariantConfig.from_pretrained(src, attn_variant, num_key_value_heads, kv_init=recipe, **located)
     base = request.base()
     check_kv_shapes(files, base)
     torch_dtype = dtype_from_name(dtype)
-    merge = merge or MergeArguments()
-    merging = merges_heads(kv_init, merge.grouping, merge.fit, merge.sequential, merge.refine_steps) and (
-        request.num_key_value_heads % family_for(base).num_kv_heads(base) != 0
-    )
+    tokenizer = _load_tokenizer(src, located)
+    fewer = request.num_key_value_heads % family_for(base).num_kv_heads(base) != 0
+    if fewer:  # auto: best with the source's tokenizer to read calibration text, else mean (logged)
+        readable = tokenizer is not None and source_tokenizer(src, located, base) is not None
+        recipe = recipe.resolve(can_calibrate=readable)
+        if recipe.needs_calibration and not readable:
+            raise ValueError(
+                f"kv_init={recipe.kv_init!r} with {recipe.merge_kwargs()} calibrates on text, which needs the "
+                f"source's tokenizer, and {src!r} has none; use --kv-init mean (or first, random)"
+            )
+        request.recipe = recipe.options()
+    merging = fewer and recipe.needs_calibration
     if files and not merging:  # a local safetensors checkpoint: shard by shard, never the whole model in memory
         from .streaming import NotStreamable
 
         try:
-            return _convert_streaming(src, files, base, out, name, attn_variant, num_key_value_heads, kv_init, seed,
-                                      None if dtype == "auto" else torch_dtype)  # fmt: skip
+            return _convert_streaming(src, files, base, out, name, attn_variant, num_key_value_heads,
+                                      recipe if fewer else None, None if dtype == "auto" else torch_dtype)  # fmt: skip
         except NotStreamable as why:
             logger.warning("converting in memory: %s", why)
     try:
-        options = {}
-        if merging:  # merged in memory from calibration statistics (the source's tokenizer reads the text)
-            options = dict(
-                grouping=merge.grouping, fit=merge.fit, sequential=merge.sequential, refine_steps=merge.refine_steps
-            )
-            options["calibration"] = dict(
-                num_samples=merge.calibration_samples,
-                seq_len=merge.calibration_seq_len,
-                seed=merge.calibration_seed,
-                data_files=merge.calibration_data_files,
-            )
         model = AttnVariantForCausalLM.from_pretrained(
-            src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True}), **options
+            src, config=request, dtype=torch_dtype, **(located or {"use_safetensors": True})
         )
     except RuntimeError as err:  # transformers' report of weights whose shapes do not fit the config
         raise ValueError(
             f"the weights of {src!r} do not fit its config (transformers' report is above): {err}"
         ) from err
-    tokenizer = _load_tokenizer(src, located)
-    card = render_model_card(model, name, family_for(base).num_kv_heads(base), kv_init)
+    if fewer:
+        model.config.attn_variant_recipe["preset"] = recipe.preset  # "auto -> best": what was asked, and got
+    card = render_model_card(model, name, family_for(base).num_kv_heads(base))
     with atomic_output_dir(out) as tmp, write_errors(out):  # a full disk: an OSError, not a SafetensorError
         model.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         card.save(tmp / "README.md")
-        keep_only_model_files(tmp)
+        keep_only_model_files(tmp)  # not what transformers' save may add (a custom model's *.py files)
     return out
 
 
-def _convert_streaming(src, files, config, out, name, attn_variant, num_key_value_heads, kv_init, seed, dtype):
+def _convert_streaming(src, files, config, out, name, attn_variant, num_key_value_heads, recipe, dtype):
+    """Shard by shard; ``recipe`` is a pooling one (``None``: more K/V heads, exact copies)."""
     from types import SimpleNamespace
 
     from .streaming import stream_convert
 
+    kv_init, seed = (recipe.kv_init, recipe.kv_init_seed) if recipe is not None else ("mean", 0)
     with atomic_output_dir(out) as tmp:
         target = stream_convert(
             Path(src), files, config, tmp, attn_variant, num_key_value_heads, kv_init, seed, dtype=dtype
         )
-        card = render_model_card(SimpleNamespace(config=target), name, family_for(config).num_kv_heads(config), kv_init)
+        converted = SimpleNamespace(config=target)
+        record_recipe(converted, recipe, None)
+        target.save_pretrained(tmp)  # config.json again, with the recipe recorded
+        card = render_model_card(converted, name, family_for(config).num_kv_heads(config))
         card.save(tmp / "README.md")
         keep_only_model_files(tmp)
     return out
@@ -155,6 +166,35 @@ def check_kv_shapes(files: list[Path], config) -> None:
                 meta = torch.empty(header.get_shape(), dtype=dtype, device="meta")
                 found += family.convert_tensor(key, meta, config, kv, "first") is not None and key.endswith("weight")
     check_kv_weight_count(family, config, found)  # the config's layers against the weights, before any is built
+    check_weight_shapes(files, config)
+
+
+def check_weight_shapes(files: list[Path], config) -> None:
+    """Refuse safetensors ``files`` holding a tensor whose shape is not the one the config's own model gives it
+    (a vocabulary, hidden or MLP size the weights do not have): from the headers and the model built on the meta
+    device, before transformers would allocate a model of the config's sizes to load them into.
+
+    Raises:
+        ValueError: the first tensor that does not fit, with both shapes.
+    """
+    import transformers
+    from safetensors import safe_open
+
+    try:
+        with torch.device("meta"):
+            model = transformers.AutoModelForCausalLM.from_config(config)
+    except ValueError:  # no causal-LM class for this config: nothing to compare with here
+        return
+    expected = {name: list(tensor.shape) for name, tensor in model.state_dict().items()}
+    for path in files:
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():
+                shape = list(handle.get_slice(key).get_shape())
+                if key in expected and shape != expected[key]:
+                    raise ValueError(
+                        f"{path.name}: {key} would have shape {shape}, but a {type(model).__name__} of this config "
+                        f"needs {expected[key]}; the checkpoint does not fit its config"
+                    )
 
 
 def _load_tokenizer(src, located: dict):

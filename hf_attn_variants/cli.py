@@ -14,31 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import fields
 from pathlib import Path
 
-from .calibration import MergeArguments
 from .checkpoint import DTYPES, convert_checkpoint
-from .heads import KV_INIT_METHODS
 from .io import Stopped, signals_as_exceptions
 from .kv_cache import CACHE_DTYPES
-from .variants import ATTN_VARIANTS, GROUPINGS
-
-
-def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``MergeArguments``: grouping, fit, sequential and the calibration text."""
-    parser.add_argument("--grouping", choices=GROUPINGS, default="contiguous", help="which query heads share K/V")
-    parser.add_argument("--fit", action="store_true", help="least-squares re-fit of queries and outputs")
-    parser.add_argument("--sequential", action="store_true", help="merge layer by layer, re-fitting outputs")
-    parser.add_argument("--refine-steps", type=int, default=0, help="Adam steps per layer matching the source")
-    parser.add_argument("--calibration-samples", type=int, default=128, help="calibration blocks (default 128)")
-    parser.add_argument("--calibration-seq-len", type=int, default=256, help="tokens per calibration block")
-    parser.add_argument("--calibration-seed", type=int, default=0)
-    parser.add_argument("--calibration-data-files", nargs="+", help="calibration text (default: Python's help text)")
-
-
-def merge_arguments(args) -> MergeArguments:
-    return MergeArguments(**{f.name: getattr(args, f.name) for f in fields(MergeArguments)})
+from .recipe import add_recipe_arguments, recipe_from_args
+from .variants import ATTN_VARIANTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,14 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a checkpoint to MHA, GQA or MQA")
     convert.add_argument("src", metavar="SRC")
     convert.add_argument("out", metavar="OUT")
-    convert.add_argument("--variant", choices=ATTN_VARIANTS, required=True)
-    convert.add_argument("--num-kv-heads", type=int, help="K/V heads (required for gqa)")
-    convert.add_argument("--kv-init", choices=KV_INIT_METHODS, default="mean")
-    convert.add_argument("--seed", type=int, default=0, help="seed of --kv-init random")
+    convert.add_argument("--variant", "--attn-variant", dest="variant", choices=ATTN_VARIANTS, required=True)
+    convert.add_argument(
+        "--num-kv-heads", "--num-key-value-heads", dest="num_kv_heads", type=int, help="K/V heads (required for gqa)"
+    )
     convert.add_argument("--gguf-file", help="the GGUF file inside SRC")
     convert.add_argument("--dtype", choices=DTYPES, default="auto")
     convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    add_merge_arguments(convert)
+    add_recipe_arguments(convert)
 
     plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone")
     plan.add_argument("src", metavar="SRC")
@@ -75,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--out", default="out/tradeoff", help="output folder (default out/tradeoff)")
     trade.add_argument("--variants", help="e.g. mha,gqa:3,mqa (MHA is always measured: the baseline)")
     trade.add_argument("--gguf-file", help="the GGUF file inside SRC")
-    trade.add_argument("--kv-init", choices=KV_INIT_METHODS, default="mean")
     trade.add_argument("--dtype", choices=DTYPES, default="float32")
     trade.add_argument("--uptrain-steps", type=int, default=0, help="uptrain every variant this many steps")
     trade.add_argument("--learning-rate", type=float, default=3e-4)
@@ -99,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     trade.add_argument("--save-checkpoints", action="store_true", help="save every variant's weights too")
     trade.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     trade.add_argument("--seed", type=int, default=0)
-    add_merge_arguments(trade)
+    add_recipe_arguments(trade)
 
     train = commands.add_parser(
         "train", add_help=False, help="uptrain or fine-tune a variant (train --help lists the options)"
@@ -131,33 +112,41 @@ def _convert(args) -> int:
         args.out,
         args.variant,
         args.num_kv_heads,
-        kv_init=args.kv_init,
-        seed=args.seed,
+        recipe_from_args(args),
         gguf_file=args.gguf_file,
         dtype=args.dtype,
         overwrite=args.overwrite,
-        merge=merge_arguments(args),
     )
-    print(f"wrote {out}")
+    recorded = json.loads((Path(out) / "config.json").read_text()).get("attn_variant_recipe", {})
+    print(f"wrote {out} (K/V heads: {_recipe_words(recorded)})")
     return 0
 
 
+def _recipe_words(recorded: dict) -> str:
+    from types import SimpleNamespace
+
+    from .model_card import recipe_text
+
+    if recorded.get("kv_init") == "exact duplication":
+        return "exact copies, no recipe needed"
+    return recipe_text(SimpleNamespace(attn_variant_recipe=recorded))
+
+
 def _tradeoff(args) -> int:
+    from .recipe import RECIPE_OPTIONS
     from .tradeoff import FILES, TradeoffConfig, run_tradeoff
 
-    options = {k: v for k, v in vars(args).items() if k != "command"}
-    run_tradeoff(TradeoffConfig(**options))
+    options = {k: v for k, v in vars(args).items() if k != "command" and k not in RECIPE_OPTIONS}
+    run_tradeoff(TradeoffConfig(**options, recipe=recipe_from_args(args)))
     print((Path(args.out) / "tradeoff.md").read_text())
     print(f"wrote {', '.join(str(Path(args.out) / f) for f in FILES)} and a model card per variant")
     return 0
 
 
 def _train(args) -> int:
-    from .training import parser, run
+    from .training import parse_arguments, run
 
-    parsed = parser()
-    parsed.prog = "hf-attn-variants train"
-    run(*parsed.parse_args_into_dataclasses(args=args.options))
+    run(*parse_arguments(args.options, prog="hf-attn-variants train"))
     return 0
 
 

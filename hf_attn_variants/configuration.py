@@ -13,7 +13,8 @@ from __future__ import annotations
 from transformers import PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-from .variants import check_kv_init, resolve_num_kv_heads, variant_name
+from .recipe import RECIPE_OPTIONS, KVRecipe
+from .variants import resolve_num_kv_heads, variant_name
 
 # keyword arguments of ``from_pretrained`` that locate a checkpoint, and so also concern its config
 HUB_KWARGS = (
@@ -53,14 +54,15 @@ def make_variant_config_class(family) -> type:
 
 
 class AttnVariantConfig(PretrainedConfig):
-    """A source model's config plus the attention variant to build from it.
+    """A source model's config plus the attention variant to build from it, and the recipe that builds it.
 
     Args:
         base_config: the source model's config, as a dict (``config.to_dict()``).
         attn_variant: ``mha``, ``gqa`` or ``mqa``.
         num_key_value_heads: the K/V heads of the variant (required for ``gqa``).
-        kv_init: how fewer K/V heads are made from more: ``mean``, ``first`` or ``random``.
-        kv_init_seed: the seed of ``random``.
+        recipe: how fewer K/V heads are made from more: the fields of :class:`hf_attn_variants.KVRecipe` as a
+            dict (``kv_init``, ``refine_steps`` ...; default ``kv_init="auto"``). ``from_base`` and
+            ``from_pretrained`` take a ``KVRecipe`` or its fields as keyword arguments.
     """
 
     model_type = "attn_variant"
@@ -68,13 +70,19 @@ class AttnVariantConfig(PretrainedConfig):
     base_config: dict | None = None
     attn_variant: str | None = None
     num_key_value_heads: int | None = None
-    kv_init: str = "mean"
-    kv_init_seed: int = 0
+    recipe: dict | None = None
 
     def __post_init__(self, **kwargs):
+        given = {k: kwargs.pop(k) for k in RECIPE_OPTIONS if k in kwargs}  # recipe fields as keyword arguments
         super().__post_init__(**kwargs)
+        self.recipe = KVRecipe(**{**(self.recipe or {}), **given}).options()
         if self.base_config is not None:
             self.validate_variant()
+
+    @property
+    def kv_recipe(self) -> KVRecipe:
+        """The recipe, as a ``KVRecipe``."""
+        return KVRecipe(**self.recipe)
 
     def validate_variant(self) -> None:
         """Resolve the K/V head count from the variant and check everything against the base config."""
@@ -87,7 +95,6 @@ class AttnVariantConfig(PretrainedConfig):
             self.attn_variant, self.num_key_value_heads, family.num_heads(base)
         )
         self.attn_variant = variant_name(family.num_heads(base), self.num_key_value_heads)
-        check_kv_init(self.kv_init)
 
     @classmethod
     def from_base(
@@ -95,18 +102,21 @@ class AttnVariantConfig(PretrainedConfig):
         config: PretrainedConfig,
         attn_variant: str | None = None,
         num_key_value_heads: int | None = None,
-        kv_init: str = "mean",
-        kv_init_seed: int = 0,
+        kv_init: KVRecipe | str | None = None,
+        **recipe_options,
     ) -> AttnVariantConfig:
-        """The request for ``attn_variant`` of a model with config ``config``."""
+        """The request for ``attn_variant`` of a model with config ``config``, made by the recipe given.
+
+        ``kv_init`` is a ``KVRecipe``, a method or a preset name; ``recipe_options`` are ``KVRecipe`` fields.
+        """
         if isinstance(config, AttnVariantConfig):
             config = config.base()
+        recipe = KVRecipe.build(kv_init, **recipe_options)
         return cls(
             base_config=config.to_dict(),
             attn_variant=attn_variant,
             num_key_value_heads=num_key_value_heads,
-            kv_init=kv_init,
-            kv_init_seed=kv_init_seed,
+            recipe=recipe.options(),
             name_or_path=config.name_or_path,
         )
 
@@ -114,16 +124,17 @@ class AttnVariantConfig(PretrainedConfig):
     def from_pretrained(cls, pretrained_model_name_or_path, attn_variant=None, num_key_value_heads=None, **kwargs):
         """Read the source's config (folder, hub id or GGUF file) and ask for ``attn_variant`` of it.
 
-        A folder that already holds an ``AttnVariantConfig`` loads as saved.
+        ``kv_init`` (a ``KVRecipe``, a method or a preset name) and ``KVRecipe`` fields pass to the recipe. A folder
+        that already holds an ``AttnVariantConfig`` loads as saved.
         """
-        variant_kwargs = {k: kwargs.pop(k) for k in ("kv_init", "kv_init_seed") if k in kwargs}
+        recipe_kwargs = {k: kwargs.pop(k) for k in (*RECIPE_OPTIONS,) if k in kwargs}
         from .sources import load_config  # one-line errors for a damaged, missing or impossible source config
 
         config = load_config(pretrained_model_name_or_path, **kwargs)
-        if isinstance(config, cls) and attn_variant is None and num_key_value_heads is None:
+        if isinstance(config, cls) and attn_variant is None and num_key_value_heads is None and not recipe_kwargs:
             return config
         config.name_or_path = str(pretrained_model_name_or_path)
-        return cls.from_base(config, attn_variant, num_key_value_heads, **variant_kwargs)
+        return cls.from_base(config, attn_variant, num_key_value_heads, **recipe_kwargs)
 
     def base(self) -> PretrainedConfig:
         """The source model's config."""

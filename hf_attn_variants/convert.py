@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Mapping
 
 import torch
@@ -12,7 +13,10 @@ from transformers import PreTrainedModel
 from .calibration import Calibration, call_hidden_states, eval_mode, module_calls, replay_inputs, with_ones
 from .families import family_for
 from .merging import LayerHeads, merge_costs, merge_layer, similarity_groups
-from .variants import GROUPINGS, MERGE_KV_INITS, check_kv_init, resolve_num_kv_heads
+from .recipe import POOL_METHODS, KVRecipe
+from .variants import check_kv_init, resolve_num_kv_heads
+
+logger = logging.getLogger(__name__)
 
 
 def convert_state_dict(
@@ -80,15 +84,12 @@ def convert(
     model: PreTrainedModel,
     attn_variant: str | None,
     num_key_value_heads: int | None = None,
-    kv_init: str = "mean",
-    seed: int = 0,
+    kv_init: KVRecipe | str | None = None,
+    seed: int | None = None,
     *,
     calibration: Calibration | None = None,
-    grouping: str = "contiguous",
-    fit: bool = False,
-    sequential: bool = False,
-    refine_steps: int = 0,
-    refine_lr: float = 1e-4,
+    tokenizer=None,
+    **recipe_options,
 ) -> PreTrainedModel:
     """``model`` in another attention variant, as a new model sharing every tensor that did not change.
 
@@ -96,47 +97,80 @@ def convert(
         model: a model of a supported family (a causal LM, a base model, or a classification head).
         attn_variant: ``mha``, ``gqa`` or ``mqa``; ``None`` derives it from ``num_key_value_heads``.
         num_key_value_heads: the K/V heads of the result (required for ``gqa``).
-        kv_init: how fewer K/V heads are made from more: ``mean``, ``first``, ``random``, or the methods of
-            ``hf_attn_variants.merging``: ``aligned``, ``svd``. More K/V heads are always exact copies.
-        seed: the seed of ``kv_init="random"``.
-        calibration: statistics from :func:`hf_attn_variants.calibrate` (or a function returning them, called
-            only if heads are merged), required by ``aligned``, ``svd``, ``fit``, ``grouping="similarity"`` and
-            ``sequential`` when the conversion removes K/V heads.
-        grouping: ``contiguous`` (query head i uses K/V head i // (H/G)) or ``similarity`` (query heads
-            whose keys and values merge best share a K/V head; the heads are reordered to match, exactly).
-        fit: after merging, re-fit each query head and output projection by least squares (``svd`` always does).
-        sequential: recompute the calibration statistics of each layer on the model whose earlier layers are
-            already converted (needs ``calibration``; one forward pass over its text per layer).
-        refine_steps: after merging, train each converted attention layer in turn for this many Adam steps
-            (learning rate ``refine_lr``) so that its output on the calibration text matches the source
-            attention's on the same inputs (local reconstruction; only attention weights change).
+        kv_init: the recipe (:class:`hf_attn_variants.KVRecipe`), or a method or preset name: ``auto`` (the
+            default: ``best`` when ``calibration`` or ``tokenizer`` is given, else ``mean``), ``fast``, ``best``,
+            ``mean``, ``first``, ``random``, ``aligned``, ``svd``. More K/V heads are always exact copies.
+        seed: the seed of ``kv_init="random"`` (the recipe's ``kv_init_seed``).
+        calibration: statistics from :func:`hf_attn_variants.calibrate` (or a function of the resolved recipe
+            returning them, called only if heads are merged); otherwise, where the recipe needs them, they are collected with
+            ``tokenizer`` on the recipe's calibration text.
+        tokenizer: the model's tokenizer, to calibrate on text.
+        **recipe_options: fields of :class:`KVRecipe` (``grouping``, ``fit``, ``sequential``, ``refine_steps``,
+            ``refine_lr``, ``calibration_samples`` ...), overriding those of ``kv_init``.
 
     Raises:
-        ValueError: unsupported family, bad variant, head count, method or grouping, quantized model.
+        ValueError: unsupported family, bad variant, head count, recipe or grouping, quantized model, a recipe
+            that needs calibration without ``calibration`` or ``tokenizer``.
     """
     _check_not_quantized(model)
     config = model.config
     family = family_for(config)
     family.check_config(config)
     dst = resolve_num_kv_heads(attn_variant, num_key_value_heads, family.num_heads(config))
-    check_kv_init(kv_init)
-    check_merge_options(family, kv_init, grouping, fit, sequential, calibration, refine_steps)
-    if merges_heads(kv_init, grouping, fit, sequential, refine_steps) and dst % family.num_kv_heads(config):
+    if calibration is not None and not isinstance(calibration, Calibration) and not callable(calibration):
+        raise ValueError(
+            f"calibration must be a hf_attn_variants.Calibration (or a function returning one), got "
+            f"{type(calibration).__name__}"
+        )
+    recipe = KVRecipe.build(kv_init, kv_init_seed=seed, **recipe_options)
+    merging = dst % family.num_kv_heads(config) != 0  # fewer K/V heads (or a count that needs a merge)
+    recipe = recipe.resolve(can_calibrate=calibration is not None or tokenizer is not None) if merging else recipe
+    check_merge_options(family, recipe)
+    if merging and recipe.needs_calibration:
+        if calibration is None and tokenizer is not None:
+            from .calibration import calibrate
+
+            calibration = calibrate(model, tokenizer, **recipe.calibrate_kwargs())
         if callable(calibration) and not isinstance(calibration, Calibration):
-            calibration = calibration()  # built only now that heads are merged
+            calibration = calibration(recipe)  # built only now that heads are merged, as the resolved recipe says
         if calibration is None:
             raise ValueError(
-                f"kv_init={kv_init!r}, grouping={grouping!r}, fit={fit}, sequential={sequential} merge heads from "
-                "calibration statistics: pass calibration=hf_attn_variants.calibrate(model, tokenizer) (or use "
-                "kv_init='mean' without fit, grouping or sequential)"
+                f"kv_init={recipe.kv_init!r} with {recipe.merge_kwargs()} merges heads from calibration statistics: "
+                "pass tokenizer=... or calibration=hf_attn_variants.calibrate(model, tokenizer) (or use "
+                "kv_init='mean' without fit, grouping, sequential or refine_steps)"
             )
-        merged = _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential)
-        if refine_steps:
-            refine_attention(model, merged, family, calibration, refine_steps, refine_lr)
+        logger.info("converting to %d K/V heads with %s", dst, recipe.label())
+        merged = _convert_merged(model, family, dst, recipe.kv_init, calibration, recipe.grouping, recipe.fit,
+                                 recipe.sequential)  # fmt: skip
+        if recipe.refine_steps:
+            refine_attention(model, merged, family, calibration, recipe.refine_steps, recipe.refine_lr)
+        record_recipe(merged, recipe if merging else None, calibration)
         return merged
+    new = _convert_pooled(model, family, config, dst, recipe)
+    record_recipe(new, recipe if merging else None, None)
+    return new
+
+
+def record_recipe(model, recipe: KVRecipe | None, calibration) -> None:
+    """Write how the K/V heads were made into the model's config (``attn_variant_recipe``, saved with it)."""
+    if recipe is None:
+        entry = {"kv_init": "exact duplication"}  # as many K/V heads or more: nothing is merged
+    else:
+        entry = recipe.describe()
+        if not recipe.needs_calibration:  # calibration options of a pooling recipe did nothing
+            entry = {k: v for k, v in entry.items() if not k.startswith("calibration_")}
+        if calibration is not None:
+            entry["calibration_text"] = calibration.source
+            entry["calibration_tokens"] = calibration.tokens
+    model.config.attn_variant_recipe = entry
+
+
+def _convert_pooled(model, family, config, dst: int, recipe: KVRecipe):
+    """Tensor-by-tensor conversion (pooling, first, random, or exact duplication) into a new model."""
+    kv_init = recipe.kv_init if recipe.kv_init in POOL_METHODS else "mean"  # expansion: the method is irrelevant
     target_config = family.target_config(config, dst)
     target_class = family.target_class(type(model), dst, config)
-    state = convert_state_dict(model.state_dict(), config, dst, kv_init, seed)
+    state = convert_state_dict(model.state_dict(), config, dst, kv_init, recipe.kv_init_seed)
 
     with torch.device("meta"):
         new = target_class(target_config)
@@ -152,30 +186,12 @@ def convert(
     return new
 
 
-def merges_heads(kv_init: str, grouping: str, fit: bool, sequential: bool = False, refine_steps: int = 0) -> bool:
-    """Whether these options need the layer-by-layer merge rather than tensor-by-tensor pooling."""
-    return kv_init in MERGE_KV_INITS or grouping != "contiguous" or fit or sequential or refine_steps > 0
-
-
-def check_merge_options(family, kv_init, grouping, fit, sequential, calibration, refine_steps=0) -> None:
-    """Refuse combinations of merge options that do not make sense, naming the valid choices."""
-    if not isinstance(refine_steps, int) or refine_steps < 0:
-        raise ValueError(f"refine_steps={refine_steps!r} must be a whole number, 0 or more")
-    if grouping not in GROUPINGS:
-        raise ValueError(f"grouping={grouping!r} is not one of {list(GROUPINGS)}")
-    if merges_heads(kv_init, grouping, fit, sequential, refine_steps) and kv_init in ("first", "random"):
-        raise ValueError(
-            f"kv_init={kv_init!r} cannot be combined with grouping={grouping!r} or fit=True; use mean, aligned or svd"
-        )
-    if grouping == "similarity" and not family.permutable:
+def check_merge_options(family, recipe: KVRecipe) -> None:
+    """Refuse what this family cannot do with ``recipe``, naming the valid choices."""
+    if recipe.grouping == "similarity" and not family.permutable:
         raise ValueError(
             f"grouping='similarity' reorders query heads, which {family.name} cannot do (its ALiBi slopes belong "
             "to head positions); use grouping='contiguous'"
-        )
-    if calibration is not None and not isinstance(calibration, Calibration) and not callable(calibration):
-        raise ValueError(
-            f"calibration must be a hf_attn_variants.Calibration (or a function returning one), got "
-            f"{type(calibration).__name__}"
         )
 
 

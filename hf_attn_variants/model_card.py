@@ -27,7 +27,7 @@ def render_model_card(
     model,
     source: str,
     source_kv_heads: int,
-    kv_init: str,
+    kv_init: str | None = None,
     uptraining: str = "none",
     metrics: dict[str, float] | None = None,
     dataset: str = "held-out text",
@@ -35,7 +35,8 @@ def render_model_card(
     """The card of ``model``, converted from ``source`` (which had ``source_kv_heads`` K/V heads).
 
     ``metrics`` (name -> value, e.g. ``{"perplexity": 21.3}``) measured on ``dataset`` become the
-    card's model-index eval results and a table in its body.
+    card's model-index eval results and a table in its body. How the K/V heads were made comes from the
+    recipe the conversion recorded in the config (``attn_variant_recipe``); ``kv_init`` names it otherwise.
     """
     config = model.config
     family = family_for(config)
@@ -75,14 +76,34 @@ def render_model_card(
         source_kv_bytes=source_bytes,
         kv_bytes=kv_bytes,
         kv_ratio=f"{kv_bytes / source_bytes:.3f}",
-        kv_init="exact copy" if expanded else kv_init,
-        kv_init_note="" if expanded else _KV_INIT_NOTES[kv_init],
+        kv_init="exact copy" if expanded else recipe_text(config, kv_init),
+        kv_init_note="" if expanded else _KV_INIT_NOTES.get(recorded_method(config, kv_init), ""),
         uptraining=uptraining,
         loading=f"{import_line}import transformers\nmodel = transformers.AutoModelForCausalLM.from_pretrained(PATH)",
         warning=""
         if expanded or uptraining != "none"
         else "pooled K/V heads change the model's function; quality drops until the model is uptrained.",
     )
+
+
+def recorded_method(config, kv_init: str | None = None) -> str:
+    """The K/V method the conversion recorded in ``config`` (or ``kv_init``, or ``mean``)."""
+    return (getattr(config, "attn_variant_recipe", None) or {}).get("kv_init") or kv_init or "mean"
+
+
+def recipe_text(config, kv_init: str | None = None) -> str:
+    """The recorded recipe in words: ``svd, refine_steps=40, ... (preset auto -> best); calibrated on ...``."""
+    from .recipe import KV_INIT_CHOICES, RECIPE_OPTIONS, KVRecipe
+
+    recorded = getattr(config, "attn_variant_recipe", None)
+    if not recorded or recorded.get("kv_init") not in KV_INIT_CHOICES:
+        return kv_init or "mean"
+    recipe = KVRecipe(**{k: v for k, v in recorded.items() if k in RECIPE_OPTIONS})
+    recipe.preset = recorded.get("preset")
+    text = recipe.label()
+    if recorded.get("calibration_text"):
+        text += f"; calibrated on {recorded['calibration_tokens']:,} tokens of {recorded['calibration_text']}"
+    return text
 
 
 def _eval_result(name: str, value: float, dataset: str) -> EvalResult:

@@ -17,19 +17,20 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
 from . import timing
-from .calibration import MergeArguments
+from .calibration import calibration_for
 from .convert import convert
 from .data import DEFAULT_DATASET
 from .families import family_for
 from .io import atomic_output_dir, check_output_dir
 from .kv_cache import cache_nbytes, format_bytes, kv_cache_plan
+from .recipe import KVRecipe
 from .variants import (
-    check_kv_init,
     gqa_choices,
     parse_variant_list,
     resolve_num_kv_heads,
@@ -41,14 +42,14 @@ FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
 
 
 @dataclass
-class TradeoffConfig(MergeArguments):
-    """Everything one trade-off run depends on (recorded in its JSON)."""
+class TradeoffConfig:
+    """Everything one trade-off run depends on (recorded in its JSON); ``recipe`` makes the variants."""
 
     src: str = "smollm2"
     out: str = "out/tradeoff"
     variants: str | None = None  # "mha,gqa:3,mqa"; default: MHA, the source's own GQA (if any), a middle GQA, MQA
     gguf_file: str | None = None
-    kv_init: str = "mean"
+    recipe: KVRecipe = field(default_factory=KVRecipe)
     dtype: str = "float32"
     uptrain_steps: int = 0
     learning_rate: float = 3e-4
@@ -72,6 +73,7 @@ class TradeoffConfig(MergeArguments):
     save_checkpoints: bool = False
     overwrite: bool = False
     seed: int = 0
+    prompt: str = "What is the capital of France?"  # answered greedily by every variant (a chat turn where possible)
 
 
 def default_variants(num_heads: int, source_kv: int) -> list[tuple[str, int]]:
@@ -94,7 +96,8 @@ def resolve_variants(text: str | None, num_heads: int, source_kv: int) -> list[t
 
 def check_config(cfg: TradeoffConfig) -> None:
     """Refuse bad values before anything is loaded."""
-    check_kv_init(cfg.kv_init)
+    if not isinstance(cfg.recipe, KVRecipe):
+        raise ValueError(f"recipe must be a hf_attn_variants.KVRecipe, got {type(cfg.recipe).__name__}")
     for name in ("block_size", "eval_blocks", "batch", "context", "prefill_tokens", "memory_context", "rounds"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} {getattr(cfg, name)} must be at least 1")
@@ -137,16 +140,33 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     with atomic_output_dir(out) as tmp:
         for name, kv in tqdm(variants, desc="variants"):
             label = variant_label(heads, kv)
+            merged = kv % source_kv != 0  # fewer K/V heads: made by a recipe (more are exact copies)
             model = (
                 source
                 if kv == source_kv and not cfg.uptrain_steps
                 else convert_copy(source, name, kv, cfg, tokenizer, train_blocks)
             )
             row = {"variant": label, "attn_variant": name, "num_key_value_heads": kv, "source": kv == source_kv}
+            row["recipe"] = getattr(model.config, "attn_variant_recipe", None) if model is not source else None
+            model.eval()
+            start = {**quality(model, tokenizer, held_out, cfg), "answer": greedy_answer(model, tokenizer, cfg.prompt)}
+            if merged:  # the GQA paper's mean pooling beside the recipe, both before any training
+                pooled = convert(source, name, kv, "mean").eval()
+                paper = {
+                    **quality(pooled, tokenizer, held_out, cfg),
+                    "answer": greedy_answer(pooled, tokenizer, cfg.prompt),
+                }
+                del pooled
+            else:
+                paper = start  # the same model: nothing is merged
+            row["zero_steps"] = {"mean": paper, "recipe": start}
             if cfg.uptrain_steps:
                 row["uptraining"] = uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg, tmp / "train")
-            model.eval()
-            row.update(quality(model, tokenizer, held_out, cfg))
+                model.eval()
+                row.update(quality(model, tokenizer, held_out, cfg))
+                row["answer"] = greedy_answer(model, tokenizer, cfg.prompt)
+            else:
+                row.update({k: start[k] for k in ("perplexity", "next_token_accuracy", "scored_tokens", "answer")})
             row.update(memory(model, cfg))
             if cfg.lm_eval_tasks:
                 from .lm_eval_support import run_lm_eval
@@ -178,7 +198,7 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
 def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig, tokenizer=None, blocks=None):
     """``source`` in the variant with ``kv`` K/V heads, owning its tensors when it is going to be trained."""
     base = copy.deepcopy(source) if cfg.uptrain_steps else source
-    return convert(base, name, kv, cfg.kv_init, cfg.seed, **cfg.convert_kwargs(base, tokenizer, blocks))
+    return convert(base, name, kv, cfg.recipe, calibration=calibration_for(cfg.recipe, base, tokenizer, blocks))
 
 
 def held_out_text(eval_blocks, tokenizer) -> list[str]:
@@ -221,6 +241,26 @@ def uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg: TradeoffCo
         "seconds": time.perf_counter() - start,
         "train_loss": output.training_loss,
     }
+
+
+def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> str:
+    """The model's greedy answer to ``prompt``: a chat turn where the tokenizer has a chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = ids.to(model.device)
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
 
 
 def quality(model, tokenizer, texts: list[str], cfg: TradeoffConfig) -> dict:
@@ -305,41 +345,92 @@ def _peak(n: int | None) -> str:
     return "n/a" if n is None else format_bytes(n)
 
 
+def _recipe_used(rows: list[dict]) -> str:
+    """The recipe of the variants that merged heads (what the table's quality column depends on)."""
+    from .model_card import recipe_text
+
+    merged = [r["recipe"] for r in rows if r.get("recipe") and r["recipe"].get("kv_init") != "exact duplication"]
+    if not merged:
+        return "none needed (every variant holds the source's K/V heads or more: exact copies)"
+    return recipe_text(SimpleNamespace(attn_variant_recipe=merged[0]))
+
+
+def _ratio_arrow(ratio: dict, tolerance: float = 0.02) -> str:
+    """An arrow only where the spread supports it: ``≈ noisy`` when the interquartile range straddles 1."""
+    if abs(ratio["median"] - 1.0) <= tolerance:
+        return "="
+    if ratio["q1"] <= 1.0 <= ratio["q3"]:
+        return "≈ noisy"
+    return _arrow(ratio["median"], 1.0, True, tolerance)
+
+
+def _quality_cell(q: dict, mha: dict) -> str:
+    return f"{_arrow(q['perplexity'], mha['perplexity'], True)} ppl {q['perplexity']:.4g}, acc {q['next_token_accuracy']:.1%}"
+
+
 def markdown_table(summary: dict) -> str:
-    """The seed's table (Variant | Latency | Memory | Accuracy) with the measured numbers next to the arrows."""
+    """The seed's table (Variant | Latency | Memory | Accuracy) with the measured numbers next to the arrows.
+
+    Quality comes in up to three columns: the GQA paper's mean pooling and the run's recipe, both before any
+    training, and the recipe's model after the uptraining budget (when there is one); then each variant's
+    greedy answer to the fixed prompt at each stage.
+    """
     rows = summary["variants"]
     mha = rows[0]
     cfg = summary["config"]
+    steps = cfg["uptrain_steps"]
+    uptrain = f"{steps} steps ({'distillation from the source + LM loss' if cfg['distill'] else 'LM loss'})"
+    stages = [("mean", "mean pooling (the GQA paper), 0 steps"), ("recipe", "the recipe, 0 steps")]
+    quality_headers = [f"Quality: {title}" for _, title in stages] + (
+        [f"Quality: the recipe after {uptrain}"] * bool(steps)
+    )
     lines = [
         f"Trade-off of {summary['source']} ({summary['family']}, {summary['num_attention_heads']} query heads); "
-        f"quality on {summary['eval_tokens']} held-out tokens of {summary['dataset']}; "
-        f"uptraining: {cfg['uptrain_steps']} steps; kv_init {cfg['kv_init']}.",
+        f"quality (perplexity, next-token accuracy) on {summary['eval_tokens']} held-out tokens of "
+        f"{summary['dataset']}; recipe: {_recipe_used(rows)}; uptraining: {uptrain if steps else 'none'}.",
         "",
         f"| Variant | Latency (decode step, batch {cfg['batch']}, context {cfg['context']}) | Prefill "
         f"({cfg['prefill_tokens']} tokens) | Memory (KV cache of one sequence at {cfg['memory_context']} tokens; "
         f"weights; measured peak of a decode step at batch {cfg['batch']}, context {cfg['context']}) | "
-        "Accuracy (perplexity, next-token accuracy) |",
-        "|---|---|---|---|---|",
+        + " | ".join(quality_headers)
+        + " |",
+        "|---|---|---|---" + "|---" * len(quality_headers) + "|",
     ]
     for r in rows:
         d, p = r["decode_ratio"], r["prefill_ratio"]
+        cells = [_quality_cell(r["zero_steps"][stage], mha["zero_steps"][stage]) for stage, _ in stages]
+        if steps:
+            cells.append(_quality_cell(r, mha))
         lines.append(
             f"| {r['variant']}{' (source)' if r['source'] else ''} "
-            f"| {_arrow(d['median'], 1.0, True)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
-            f"| {_arrow(p['median'], 1.0, True)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
+            f"| {_ratio_arrow(d)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
+            f"| {_ratio_arrow(p)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
             f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
             f"{format_bytes(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA); "
             f"weights {format_bytes(r['weights_bytes'])}; decode peak {_peak(r['decode_peak_bytes'])} "
-            f"| {_arrow(r['perplexity'], mha['perplexity'], True)} ppl {r['perplexity']:.4g}, "
-            f"acc {r['next_token_accuracy']:.1%} |"
+            "| " + " | ".join(cells) + " |"
         )
+    answer_headers = ["mean pooling, 0 steps", "the recipe, 0 steps"] + (["after uptraining"] if steps else [])
+    lines += ["", f"Greedy answer to {cfg['prompt']!r}:", "", "| Variant | " + " | ".join(answer_headers) + " |"]
+    lines.append("|---" * (len(answer_headers) + 1) + "|")
+    for r in rows:
+        answers = [r["zero_steps"]["mean"]["answer"], r["zero_steps"]["recipe"]["answer"]] + (
+            [r["answer"]] * bool(steps)
+        )
+        lines.append(f"| {r['variant']} | " + " | ".join(_answer_cell(a) for a in answers) + " |")
+    noisy = [
+        r["variant"] for r in rows[1:] if "noisy" in _ratio_arrow(r["decode_ratio"]) + _ratio_arrow(r["prefill_ratio"])
+    ]
+    if noisy:
+        lines += ["", f"The machine was too noisy to compare the latency of {', '.join(noisy)} with MHA in this run "
+                  "(its interquartile range straddles 1.0): run again on a quieter machine."]  # fmt: skip
     lines += [
         "",
         "Latency: median per-round ratio to MHA over "
         f"{cfg['rounds']} interleaved rounds [interquartile range]; absolute medians are in tradeoff.json. "
         "Memory: the KV cache in the model's dtype (the formula, checked against a real cache); the decode peak "
         "is measured (peak resident memory added while the cache is allocated and one step runs; on CUDA, "
-        "allocated device memory). Arrows compare with MHA (= within 2%).",
+        "allocated device memory). Arrows compare with MHA (= within 2%; ≈ noisy: the spread includes 1.0).",
     ]
     if any("lm_eval" in r for r in rows):
         columns = [
@@ -356,6 +447,11 @@ def markdown_table(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _answer_cell(answer: str) -> str:
+    text = " ".join(answer.split()) or "(nothing)"
+    return text.replace("|", "\\|")[:60]
+
+
 def plot(summary: dict, path: Path) -> None:
     """Two panels: perplexity against decode-step latency, and KV-cache memory against context length."""
     import matplotlib
@@ -364,24 +460,39 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = summary["variants"]
+    steps = summary["config"]["uptrain_steps"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    stages = [
+        ("mean pooling (GQA paper), 0 steps", lambda r: r["zero_steps"]["mean"], "o", "none"),
+        ("recipe, 0 steps", lambda r: r["zero_steps"]["recipe"], "s", None),
+    ]
+    if steps:
+        stages.append((f"recipe after {steps} uptraining steps", lambda r: r, "^", None))
+    for i, (label, pick, marker, face) in enumerate(stages):
+        x = [r["decode_ratio"]["median"] for r in rows]
+        spread = [[r["decode_ratio"]["median"] - r["decode_ratio"]["q1"] for r in rows],
+                  [r["decode_ratio"]["q3"] - r["decode_ratio"]["median"] for r in rows]]  # fmt: skip
+        y = [pick(r)["perplexity"] for r in rows]
+        color = f"C{i}"
+        left.errorbar(x, y, xerr=spread, fmt=marker, color=color, mfc=face or color, capsize=3, label=label)
     for r in rows:
-        left.scatter(r["decode_ratio"]["median"], r["perplexity"], s=50)
-        left.annotate(r["variant"], (r["decode_ratio"]["median"], r["perplexity"]), textcoords="offset points",
-                      xytext=(6, 4))  # fmt: skip
+        left.annotate(r["variant"], (r["decode_ratio"]["median"], r["zero_steps"]["recipe"]["perplexity"]),
+                      textcoords="offset points", xytext=(6, 4))  # fmt: skip
     left.set_xlabel(
-        f"decode step time / MHA (batch {summary['config']['batch']}, context {summary['config']['context']})"
+        f"decode step time / MHA, batch {summary['config']['batch']}, context {summary['config']['context']} "
+        "(lower is better; bars: interquartile range)"
     )
-    left.set_ylabel("held-out perplexity")
+    left.set_ylabel("held-out perplexity (lower is better)")
     left.set_yscale("log")
     left.set_title("quality vs decode latency")
+    left.legend(fontsize=8)
     contexts = [2**k for k in range(9, 16)]
     for r in rows:
         right.plot(contexts, [r["kv_bytes_per_token"] * c / 2**20 for c in contexts], marker="o", label=r["variant"])
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     right.set_xlabel("context (tokens)")
-    right.set_ylabel("KV cache per sequence (MiB)")
+    right.set_ylabel("KV cache per sequence (MiB; lower is better)")
     right.set_title("KV memory vs context")
     right.legend()
     fig.suptitle(f"{summary['source']}: MHA / GQA / MQA", fontsize=10)
@@ -403,7 +514,6 @@ def write_cards(models: dict, summary: dict, tokenizer, folder: Path, cfg: Trade
             model,
             summary["source"],
             summary["source_num_key_value_heads"],
-            cfg.kv_init,
             uptraining=f"{up['steps']} steps, {up['tokens']:,} tokens, {up['trained']}, {up['loss']}" if up else "none",
             metrics={"perplexity": row["perplexity"], "next-token accuracy": row["next_token_accuracy"]},
             dataset=f"{summary['eval_tokens']} held-out tokens of {summary['dataset']}",

@@ -21,15 +21,16 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from .calibration import MergeArguments
+from .calibration import calibration_for
 from .checkpoint import DTYPES, dtype_from_name
 from .convert import convert, drop_gguf_record
 from .data import DEFAULT_DATASET, check_data_files, load_texts, pack, split_blocks
 from .default_model import resolve_source, source_name
 from .families import family_for
 from .io import check_checkpoint_folder
+from .recipe import KVRecipe
 from .sources import load_config, load_tokenizer
-from .variants import ATTN_VARIANTS, check_kv_init, resolve_num_kv_heads
+from .variants import ATTN_VARIANTS, resolve_num_kv_heads
 
 TRAINED = {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}
 TRAIN_MODULES = tuple(TRAINED)
@@ -37,17 +38,23 @@ RESULTS_FILE = "uptrain_results.json"
 
 
 @dataclass
-class ModelArguments(MergeArguments):
-    """The model to start from, the variant to convert it to on load (and how its heads are merged), and LoRA."""
+class ModelArguments:
+    """The model to start from, the variant to convert it to on load, and LoRA.
+
+    ``recipe`` (a :class:`hf_attn_variants.KVRecipe`, set after construction; the command line fills it from its
+    own group of flags) says how fewer K/V heads are made.
+    """
+
+    _argument_group_name = "model and variant"
 
     model_name_or_path: str = field(default="smollm2", metadata={"help": "folder, hub id, or 'smollm2'"})
     gguf_file: str | None = field(default=None, metadata={"help": "GGUF file inside model_name_or_path"})
-    attn_variant: str | None = field(default=None, metadata={"help": f"one of {ATTN_VARIANTS}; none = keep"})
-    num_key_value_heads: int | None = field(default=None, metadata={"help": "K/V heads (required for gqa)"})
-    kv_init: str = field(
-        default="mean", metadata={"help": "how fewer K/V heads are made: mean, first, random, aligned, svd"}
+    attn_variant: str | None = field(
+        default=None, metadata={"help": f"one of {ATTN_VARIANTS}; none = keep", "aliases": ["--variant"]}
     )
-    kv_init_seed: int = 0
+    num_key_value_heads: int | None = field(
+        default=None, metadata={"help": "K/V heads (required for gqa)", "aliases": ["--num-kv-heads"]}
+    )
     dtype: str = field(default="float32", metadata={"help": f"weights dtype, one of {DTYPES}"})
     attn_implementation: str | None = field(default=None, metadata={"help": "eager, sdpa, flex_attention, ..."})
     use_peft: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of the weights"})
@@ -57,11 +64,14 @@ class ModelArguments(MergeArguments):
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "module names; default: every attention projection of the family"}
     )
+    recipe: KVRecipe = field(default_factory=KVRecipe, init=False)
 
 
 @dataclass
 class DataArguments:
     """The text: a datasets hub id, local files, or (neither) the prose of ``pydoc_data.topics``."""
+
+    _argument_group_name = "training and evaluation text"
 
     dataset_name: str | None = field(default=None, metadata={"help": "datasets hub id"})
     dataset_config: str | None = None
@@ -76,6 +86,8 @@ class DataArguments:
 @dataclass
 class UptrainArguments:
     """What is trained, for how long, and against which loss."""
+
+    _argument_group_name = "uptraining"
 
     train_modules: str = field(
         default="all", metadata={"help": "all | kv (K/V projections) | qkvo (all attention projections)"}
@@ -176,7 +188,8 @@ def check_arguments(model_args: ModelArguments, uptrain_args: UptrainArguments, 
     """Refuse bad choices before anything is loaded; each error names the value and the valid choices."""
     if model_args.attn_variant is not None and model_args.attn_variant not in ATTN_VARIANTS:
         raise ValueError(f"attn_variant {model_args.attn_variant!r} is not one of {list(ATTN_VARIANTS)}")
-    check_kv_init(model_args.kv_init)
+    if not isinstance(model_args.recipe, KVRecipe):
+        raise ValueError(f"ModelArguments.recipe must be a hf_attn_variants.KVRecipe, got {model_args.recipe!r}")
     if model_args.dtype not in DTYPES:
         raise ValueError(f"dtype {model_args.dtype!r} is not one of {list(DTYPES)}")
     if uptrain_args.train_modules not in TRAIN_MODULES:
@@ -295,9 +308,8 @@ def build_student(source, model_args: ModelArguments, keep_source: bool, tokeniz
         base,
         model_args.attn_variant,
         model_args.num_key_value_heads,
-        model_args.kv_init,
-        model_args.kv_init_seed,
-        **model_args.convert_kwargs(base, tokenizer, blocks),
+        model_args.recipe,
+        calibration=calibration_for(model_args.recipe, base, tokenizer, blocks),
     )
 
 
@@ -485,7 +497,12 @@ def _run(model_args, data_args, uptrain_args, training_args) -> dict:
         dataset=", ".join(data_args.data_files or []) or data_args.dataset_name or DEFAULT_DATASET,
         source_num_key_value_heads=source_kv_heads,
         log_history=trainer.state.log_history,
-        arguments={"model": asdict(model_args), "data": asdict(data_args), "uptrain": asdict(uptrain_args)},
+        arguments={
+            "model": asdict(model_args),
+            "recipe": model_args.recipe.describe(),
+            "data": asdict(data_args),
+            "uptrain": asdict(uptrain_args),
+        },
     )
     if trainer.is_world_process_zero():
         _save(trainer, tokenizer, model_args, uptrain_args, results)
@@ -507,7 +524,6 @@ def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
         base,
         results["source"],
         results["source_num_key_value_heads"],
-        model_args.kv_init,
         uptraining=results["uptraining"] + (" (this folder holds the LoRA adapter)" if model_args.use_peft else ""),
         metrics={
             "source perplexity": results.get("eval_source_perplexity"),
@@ -521,9 +537,21 @@ def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
 
 
 def parser() -> HfArgumentParser:
-    return HfArgumentParser((ModelArguments, DataArguments, UptrainArguments, TrainingArguments))
+    """The command line's parser: the project's options first (model, recipe, data, uptraining), then Trainer's."""
+    return HfArgumentParser((ModelArguments, KVRecipe, DataArguments, UptrainArguments, TrainingArguments))
+
+
+def parse_arguments(argv: list[str] | None = None, prog: str | None = None):
+    """``(model_args, data_args, uptrain_args, training_args)`` of ``argv``, the recipe held by ``model_args``."""
+    arguments = parser()
+    if prog:
+        arguments.prog = prog
+    arguments.usage = "%(prog)s [--model_name_or_path SRC] [--attn_variant mqa] [--kv-init auto] --output_dir OUT [...]"
+    model_args, recipe, data_args, uptrain_args, training_args = arguments.parse_args_into_dataclasses(args=argv)
+    model_args.recipe = recipe
+    return model_args, data_args, uptrain_args, training_args
 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse ``argv`` (default ``sys.argv[1:]``) and :func:`run`."""
-    return run(*parser().parse_args_into_dataclasses(args=argv))
+    return run(*parse_arguments(argv))

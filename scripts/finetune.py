@@ -1,11 +1,12 @@
 """Uptrain or fine-tune a model in MHA, GQA or MQA attention (converted on load) with transformers' Trainer.
 
-    # SmolLM2 GQA-3 -> MQA by mean pooling, uptrained on all weights with the LM loss (CPU)
+    # SmolLM2 GQA-3 -> MQA by the default recipe (auto: calibrated on the training text), uptrained on all
+    # weights with the LM loss (CPU)
     python scripts/finetune.py --attn_variant mqa --output_dir out/smollm2-mqa-uptrained \\
         --max_steps 200 --per_device_train_batch_size 4 --block_size 256 --learning_rate 1e-4 --use_cpu
 
-    # the same, distilled from the unconverted model, training only the K/V projections
-    python scripts/finetune.py --attn_variant mqa --distill --distill_alpha 0.5 --train_modules kv \\
+    # mean pooling (the GQA paper's start), distilled from the unconverted model, training only the K/V projections
+    python scripts/finetune.py --attn_variant mqa --kv-init mean --distill --distill_alpha 0.5 --train_modules kv \\
         --output_dir out/smollm2-mqa-distilled --max_steps 200 --learning_rate 1e-3 --use_cpu
 
     # a token budget instead of steps: 5% of a stated pre-training size (the GQA paper's recipe)

@@ -65,7 +65,7 @@ def main():
         reference = source(ids[:, : args.chunk]).logits
     rows = []
     for name, variant in (("GQA-3 (source)", None), ("MHA-9", "mha"), ("MQA (mean)", "mqa")):
-        model = source if variant is None else hav.convert(source, variant)
+        model = source if variant is None else hav.convert(source, variant, kv_init="mean")
         with torch.no_grad():
             out = model(ids[:, : args.chunk], use_cache=True)
         generated = model.generate(**question, max_new_tokens=12, do_sample=False)

@@ -114,7 +114,7 @@ def test_num_key_value_heads_alone_names_the_variant():
         (dict(attn_variant="mqa", num_key_value_heads=2), "attn_variant='mqa' means num_key_value_heads=1"),
         (
             dict(attn_variant="mqa", kv_init="median"),
-            "kv_init='median' is not one of ['mean', 'first', 'random', 'aligned', 'svd']",
+            "kv_init='median' is not one of ['auto', 'fast', 'best', 'mean', 'first', 'random', 'aligned', 'svd']",
         ),
         (dict(kv_init="first"), "['kv_init'] given without attn_variant or num_key_value_heads"),
     ],

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 
+import hf_attn_variants as hav
 from hf_attn_variants import cli
 from hf_attn_variants.heads import kv_cache_bytes_per_token
 
@@ -71,7 +72,7 @@ def test_convert_dtype_and_kv_init(src, tmp_path):
             "mqa",
             "--kv-init",
             "random",
-            "--seed",
+            "--kv-init-seed",
             "1",
             "--dtype",
             "bfloat16",
@@ -80,6 +81,14 @@ def test_convert_dtype_and_kv_init(src, tmp_path):
     )
     model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert model.dtype == torch.bfloat16 and model.config.num_key_value_heads == 1
+    recorded = model.config.attn_variant_recipe
+    assert (recorded["kv_init"], recorded["kv_init_seed"], recorded["preset"]) == ("random", 1, None)
+    # random was applied: fresh K/V weights, neither the mean nor the first head of the source
+    source = transformers.AutoModelForCausalLM.from_pretrained(src)
+    for kv_init in ("mean", "first"):
+        pooled = hav.convert(source, "mqa", kv_init=kv_init).to(torch.bfloat16)
+        key = "model.layers.0.self_attn.k_proj.weight"
+        assert not torch.equal(model.state_dict()[key], pooled.state_dict()[key]), kv_init
 
 
 def test_kv_cache_table_and_json(src, capsys):

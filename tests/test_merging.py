@@ -301,9 +301,13 @@ def test_bad_merge_options_are_refused_with_the_valid_choices():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match=r"grouping='nearest' is not one of \['contiguous', 'similarity'\]"):
         hav.convert(model, "mqa", grouping="nearest")
-    with pytest.raises(ValueError, match="kv_init='first' cannot be combined"):
+    with pytest.raises(ValueError, match=r"kv_init='first' takes no merge options, got \{'fit': True\}"):
         hav.convert(model, "mqa", kv_init="first", fit=True)
-    with pytest.raises(ValueError, match=r"pass calibration=hf_attn_variants.calibrate\(model, tokenizer\)"):
+    with pytest.raises(ValueError, match=r"kv_init='first' takes no merge options, got \{'sequential': True\}"):
+        hav.convert(model, "mqa", kv_init="first", sequential=True)
+    with pytest.raises(
+        ValueError, match=r"pass tokenizer=... or calibration=hf_attn_variants.calibrate\(model, tokenizer\)"
+    ):
         hav.convert(model, "mqa", kv_init="svd", sequential=True)
     with pytest.raises(ValueError, match="another model"):
         hav.convert(model, "mqa", kv_init="svd", calibration=calibration_of(tiny_model("llama", num_hidden_layers=3)))

@@ -62,8 +62,23 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
         assert r["decode_cache_bytes"] == r["kv_bytes_per_token"] * 2 * 65  # batch 2, context + 1 slots
         assert r["decode_peak_bytes"] is not None and r["decode_peak_bytes"] >= 0
     assert rows[0]["decode_ratio"]["median"] == 1.0
+    # the default recipe (auto -> best, calibrated on the training blocks) made the variants with fewer K/V heads
+    for r in rows[2:]:
+        assert (r["recipe"]["kv_init"], r["recipe"]["preset"]) == ("svd", "auto -> best")
+        mean, recipe = r["zero_steps"]["mean"], r["zero_steps"]["recipe"]
+        assert mean["perplexity"] != recipe["perplexity"]  # two different conversions, both measured
+        assert isinstance(mean["answer"], str) and isinstance(recipe["answer"], str)
+    for r in rows[:2]:  # MHA (exact expansion) and the source: nothing merged, one model at zero steps
+        assert r["zero_steps"]["mean"] == r["zero_steps"]["recipe"]
     table = (out / "tradeoff.md").read_text()
-    assert table.count("\n| ") == 10 and "↓ better" in table  # 2 tables: header + 4 variants; KV memory falls
+    # 3 tables (variants, greedy answers, lm-eval), each a header and 4 rows; KV memory falls
+    assert table.count("\n| ") == 15 and "↓ better" in table
+    assert (
+        "| Quality: mean pooling (the GQA paper), 0 steps | Quality: the recipe, 0 steps | Quality: the recipe after 2 steps (LM loss) |"
+        in table
+    )
+    assert "Greedy answer to 'What is the capital of France?'" in table
+    assert "svd, refine_steps=40, refine_lr=0.0002" in table and "preset auto -> best" in table
     assert "hav_pydoc_next_word" in table
 
     card = ModelCard.load(out / "mqa" / "README.md")

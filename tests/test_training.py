@@ -19,7 +19,7 @@ from hf_attn_variants.training import (
     check_arguments,
     freeze_for_uptraining,
     main,
-    parser,
+    parse_arguments,
 )
 
 from .conftest import save_tiny_checkpoint, tiny_model
@@ -41,7 +41,10 @@ def workspace(tmp_path_factory):
 
 
 def train_args(ws, out, *extra, model="llama"):
+    """The arguments of a small run; K/V heads mean-pooled unless ``extra`` names a recipe (the default is tested apart)."""
+    recipe = [] if {"--kv_init", "--kv-init"} & set(extra) else ["--kv-init", "mean"]
     return [
+        *recipe,
         "--model_name_or_path", str(ws / model),
         "--data_files", str(ws / "corpus.txt"),
         "--block_size", "32",
@@ -92,7 +95,6 @@ def test_token_budget_in_steps():
     "argv, message",
     [
         (["--attn_variant", "xqa"], r"attn_variant 'xqa' is not one of \['mha', 'gqa', 'mqa'\]"),
-        (["--kv_init", "median"], "median"),
         (["--dtype", "int8"], r"dtype 'int8' is not one of"),
         (["--train_modules", "mlp"], r"train_modules 'mlp' is not one of"),
         (["--use_peft", "--train_modules", "kv"], "LoRA targets say what is trained"),
@@ -102,11 +104,22 @@ def test_token_budget_in_steps():
     ],
 )
 def test_bad_arguments_are_refused_before_loading(tmp_path, argv, message):
-    model_args, _, uptrain_args, training_args = parser().parse_args_into_dataclasses(
-        args=argv + ["--output_dir", str(tmp_path / "out")]
-    )
+    model_args, _, uptrain_args, training_args = parse_arguments(argv + ["--output_dir", str(tmp_path / "out")])
     with pytest.raises(ValueError, match=message):
         check_arguments(model_args, uptrain_args, training_args)
+
+
+@pytest.mark.parametrize("flag", ["--kv_init", "--kv-init"])
+def test_an_unknown_recipe_is_refused_with_the_choices(tmp_path, capsys, flag):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", flag, "median", "--output_dir", str(out)])
+    assert stop.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err
+    choices = "'auto', 'fast', 'best', 'mean', 'first', 'random', 'aligned', 'svd'"
+
+    assert f"invalid choice: 'median' (choose from {choices})" in err
+    assert len(err.splitlines()) == 2  # a short usage line, then the error
 
 
 def test_cli_train_bad_input_exits_2_and_writes_nothing(workspace, tmp_path, capsys):
@@ -267,11 +280,25 @@ def test_eval_source_reports_the_unconverted_models_perplexity(workspace, tmp_pa
     assert "source perplexity" in (tmp_path / "mqa" / "README.md").read_text()
 
 
+def test_training_converts_with_the_default_recipe(workspace, tmp_path):
+    """No ``--kv-init``: ``auto``, which with the source's tokenizer and the training text is ``best``."""
+    args = [a for a in train_args(workspace, tmp_path / "auto", "--attn_variant", "mqa", "--max_steps", "1")]
+    args = args[2:]  # train_args pins mean: drop it, as a user who names no recipe
+    results = main(args)
+    recipe = results["arguments"]["recipe"]
+    assert (recipe["kv_init"], recipe["preset"]) == ("auto", None)  # what was asked
+    saved = transformers.AutoConfig.from_pretrained(tmp_path / "auto").attn_variant_recipe
+    assert (saved["kv_init"], saved["refine_steps"], saved["preset"]) == ("svd", 40, "auto -> best")
+    assert saved["calibration_text"] == "given blocks" and saved["calibration_tokens"] == 16 * 32
+    assert "preset auto -> best" in (tmp_path / "auto" / "README.md").read_text()
+
+
 def test_training_converts_with_calibrated_merging_on_the_training_blocks(workspace, tmp_path):
     """``--kv_init svd`` calibrates on the training blocks and starts from a better model than mean pooling."""
     common = ["--attn_variant", "mqa", "--max_steps", "1", "--calibration_samples", "8", "--learning_rate", "1e-9"]
     svd = main(train_args(workspace, tmp_path / "svd", *common, "--kv_init", "svd", "--sequential"))
-    mean = main(train_args(workspace, tmp_path / "mean", *common))
-    assert svd["arguments"]["model"]["kv_init"] == "svd" and svd["arguments"]["model"]["calibration_samples"] == 8
+    mean = main(train_args(workspace, tmp_path / "mean", *common, "--kv-init", "mean"))
+    assert svd["arguments"]["recipe"]["kv_init"] == "svd" and svd["arguments"]["recipe"]["calibration_samples"] == 8
+    assert mean["arguments"]["recipe"]["kv_init"] == "mean"
     assert svd["eval_start_perplexity"] != mean["eval_start_perplexity"]
     assert "low-rank merge" in (tmp_path / "svd" / "README.md").read_text()
