@@ -181,6 +181,8 @@ class KVRecipe:
                 "pass a tokenizer or calibration to get kv_init='best'"
             )
         resolved.preset = f"auto -> {resolved.preset or resolved.kv_init}"
+        if can_calibrate:
+            logger.warning("kv_init='auto': %s (kv_init='mean' for the GQA paper's pooling)", resolved.label())
         return resolved
 
     def calibrate_kwargs(self) -> dict:

@@ -35,8 +35,10 @@ def test_presets_fill_the_options_left_at_their_defaults():
 
 
 def test_auto_is_best_with_text_at_hand_and_mean_without(caplog):
-    calibrated = KVRecipe().resolve(can_calibrate=True)
+    with caplog.at_level("WARNING"):
+        calibrated = KVRecipe().resolve(can_calibrate=True)
     assert calibrated.options() == KVRecipe(kv_init="best").options() and calibrated.preset == "auto -> best"
+    assert "kv_init='auto': svd, refine_steps=40, refine_lr=0.0002, 16 x 256 calibration tokens" in caplog.text
     with caplog.at_level("WARNING"):
         fallback = KVRecipe().resolve(can_calibrate=False)
     assert (fallback.kv_init, fallback.preset) == ("mean", "auto -> mean")
