@@ -141,10 +141,12 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
         for name, kv in tqdm(variants, desc="variants"):
             label = variant_label(heads, kv)
             merged = kv % source_kv != 0  # fewer K/V heads: made by a recipe (more are exact copies)
+            # uptrained: every variant, except under distillation the exact copies (the source has nothing to teach)
+            trained = cfg.uptrain_steps > 0 and (merged or not cfg.distill)
             model = (
                 source
-                if kv == source_kv and not cfg.uptrain_steps
-                else convert_copy(source, name, kv, cfg, tokenizer, train_blocks)
+                if kv == source_kv and not trained
+                else convert_copy(source, name, kv, cfg, tokenizer, train_blocks, owned=trained)
             )
             row = {"variant": label, "attn_variant": name, "num_key_value_heads": kv, "source": kv == source_kv}
             row["recipe"] = getattr(model.config, "attn_variant_recipe", None) if model is not source else None
@@ -160,12 +162,12 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
             else:
                 paper = start  # the same model: nothing is merged
             row["zero_steps"] = {"mean": paper, "recipe": start}
-            if cfg.uptrain_steps:
+            if trained:
                 row["uptraining"] = uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg, tmp / "train")
                 model.eval()
                 row.update(quality(model, tokenizer, held_out, cfg))
                 row["answer"] = greedy_answer(model, tokenizer, cfg.prompt)
-            else:
+            else:  # no uptraining, or an exact copy of the source under distillation: its zero-step model
                 row.update({k: start[k] for k in ("perplexity", "next_token_accuracy", "scored_tokens", "answer")})
             row.update(memory(model, cfg))
             if cfg.lm_eval_tasks:
@@ -195,9 +197,9 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     return summary
 
 
-def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig, tokenizer=None, blocks=None):
+def convert_copy(source, name: str, kv: int, cfg: TradeoffConfig, tokenizer=None, blocks=None, owned: bool = False):
     """``source`` in the variant with ``kv`` K/V heads, owning its tensors when it is going to be trained."""
-    base = copy.deepcopy(source) if cfg.uptrain_steps else source
+    base = copy.deepcopy(source) if owned else source
     return convert(base, name, kv, cfg.recipe, calibration=calibration_for(cfg.recipe, base, tokenizer, blocks))
 
 
