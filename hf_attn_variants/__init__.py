@@ -2,7 +2,8 @@
 
 Importing the package registers ``AttnVariantConfig`` and the variant models of plugin families with
 transformers' Auto classes, and the fast decode kernel ``attn_implementation="hav_sdpa"``
-(``hf_attn_variants.decoding``) with its ``AttentionInterface``.
+(``hf_attn_variants.decoding``) with its ``AttentionInterface``. It downloads nothing:
+``smollm2()`` gives the default model's ``(folder, gguf_file)``, fetching it on its first call.
 """
 
 import transformers as _transformers
@@ -12,6 +13,7 @@ from .calibration import Calibration, calibrate
 from .configuration import AttnVariantConfig
 from .convert import convert, convert_state_dict
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode
+from .default_model import smollm2
 from .families import families, family_for, register_family, supported_model_types
 from .heads import KV_INIT_METHODS
 from .kv_cache import kv_cache_plan
@@ -48,6 +50,7 @@ __all__ = [
     "lora_config",
     "register_family",
     "resolve_num_kv_heads",
+    "smollm2",
     "supported_model_types",
     "variant_label",
     "variant_name",

@@ -5,17 +5,20 @@
 ``KVRecipe`` and ``calibration``. With none of them they are transformers' classes, unchanged. With them, the source's pretrained weights are loaded by transformers
 (so ``dtype``, ``device_map``, ``attn_implementation`` and GGUF files work as usual) and converted.
 ``fast_decode=True`` (with or without a variant) ends with ``hav.enable_fast_decode`` on the loaded model.
+The source ``"smollm2"`` (where no such folder exists) is the default model, ``hav.smollm2()``.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
 from .convert import convert
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode, use_fast_kernel
+from .default_model import ALIAS, resolve_source
 from .families import family_for
 from .recipe import RECIPE_OPTIONS
 
@@ -117,8 +120,17 @@ def _pop_variant_kwargs(kwargs: dict) -> dict | None:
     return variant_kwargs
 
 
+def _names_default_model(src) -> bool:
+    """Whether ``src`` is the alias of the default model (and no local folder of that name shadows it)."""
+    return isinstance(src, str) and src == ALIAS and not os.path.exists(src)
+
+
 def _make_auto_class(base: type, builder: type) -> type:
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, fast_decode: bool = False, **kwargs):
+        if _names_default_model(pretrained_model_name_or_path):  # "smollm2", as on the command line
+            pretrained_model_name_or_path, kwargs["gguf_file"] = resolve_source(
+                pretrained_model_name_or_path, kwargs.get("gguf_file")
+            )
         variant_kwargs = _pop_variant_kwargs(kwargs)
         switch = kwargs.get("attn_implementation") == FAST_DECODE_ATTENTION and variant_kwargs is not None
         if switch:  # the source loads with sdpa (not every family's own classes know the plugin's kernel)

