@@ -11,6 +11,9 @@ here, each in a process of its own. The conventions, for whoever writes README.m
 - A block defines everything it uses: the default model comes from ``hav.smollm2()`` (or the name
   ``smollm2``), never from hidden setup. Real-model blocks keep their sizes small (a few calibration
   blocks, a few training steps) and say so in the block.
+- ``make main`` and ``make test`` lines of a ```bash block are not run here: they are what CI itself runs
+  (``.ci/run`` is ``make test``, which runs this file), and ``make main`` is the trade-off table; a block of
+  nothing else is skipped.
 - ``<!--pytest-codeblocks:cont-->`` on the line before a block: it continues the block before it (one
   process runs both, the names of the first defined in the second), for a section written as a sequence.
 - ``<!--pytest.mark.slow-->`` before a block: it loads the real model (run in CI too, like every slow test).
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RUN = {"python": "python", "bash": "bash", "sh": "bash"}  # fence language -> how it runs
 NOT_RUN = {"text", "console", "json", "yaml", "toml", "ini", "diff", "markdown"}  # shown, never run
+CI_ITSELF = re.compile(r"^\s*make\s+(main|test)\s*(#.*)?$")  # what CI runs: not run again inside it
 TIMEOUT_S = 1800  # a hung block fails with its output rather than holding CI forever
 NOT_LINKED = {"out", "build", "dist"}  # what blocks write stays in their own folder
 
@@ -51,6 +55,10 @@ def _blocks():
                 for mark in marks:
                     if mark.name == "skip" and not mark.kwargs.get("reason"):
                         raise ValueError(f"{path.name}:{block.lineno}: a skip mark needs reason='...'")
+                if RUN[block.syntax] == "bash" and all(
+                    CI_ITSELF.match(line) or not line.strip() for line in block.code.splitlines()
+                ):
+                    marks.append(pytest.mark.skip(reason="make main / make test: what CI itself runs"))
                 yield pytest.param(block, id=f"{path.relative_to(ROOT)}:{block.lineno}", marks=marks)
 
 
@@ -85,7 +93,8 @@ def test_block_runs_as_written(block, tmp_path):
     if RUN[block.syntax] == "python":
         command = [sys.executable, "-c", block.code]  # as if pasted into python in the repository root
     else:
-        script = "trap 'echo \"docs block: this command failed: $BASH_COMMAND\" >&2' ERR\n" + block.code
+        code = "\n".join(line for line in block.code.splitlines() if not CI_ITSELF.match(line))
+        script = "trap 'echo \"docs block: this command failed: $BASH_COMMAND\" >&2' ERR\n" + code
         command = ["bash", "-e", "-o", "pipefail", "-c", script]
     try:
         done = subprocess.run(
