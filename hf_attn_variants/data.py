@@ -87,6 +87,8 @@ def check_data_files(files: list) -> str:
     for f in files:
         path = Path(f)
         if not path.is_file():
+            if path.exists():
+                raise ValueError(f"data file {str(path)!r} is a folder, not a file; name the files in it")
             raise FileNotFoundError(f"data file {str(path)!r} does not exist")
         if path.suffix not in LOCAL_BUILDERS:
             raise ValueError(f"data file {str(path)!r}: type {path.suffix!r} is not one of {sorted(LOCAL_BUILDERS)}")

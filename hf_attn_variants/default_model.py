@@ -85,24 +85,35 @@ def resolve_source(src: str, gguf_file: str | None = None) -> tuple[str, str | N
         if gguf_file not in (None, GGUF_FILE):
             raise ValueError(f"the {ALIAS!r} model is the file {GGUF_FILE!r}, not {gguf_file!r}")
         return default_model()
-    text, path = str(src), Path(src)
+    path = Path(src)
     if path.is_file() and path.suffix == ".gguf" and gguf_file is None:
         raise ValueError(
-            f"{text!r} is a GGUF file; give its folder {str(path.parent)!r} as the source and {path.name!r} as the "
-            "GGUF file (--gguf-file)"
+            f"{str(src)!r} is a GGUF file; give its folder {str(path.parent)!r} as the source and {path.name!r} as "
+            "the GGUF file (--gguf-file)"
         )
-    if not path.exists():
-        if _reads_as_path(text):
-            raise FileNotFoundError(
-                f"{text!r} does not exist: no such folder (a source is a model folder, a hub id such as "
-                f"'org/name', or {ALIAS!r})"
-            )
-        if not _hub_reachable() and not _in_hub_cache(text):
-            raise FileNotFoundError(
-                f"{text!r} is not a folder here, nor a model in the Hugging Face cache, and the hub cannot be "
-                "reached (offline, or HF_HUB_OFFLINE=1) to download it"
-            )
+    check_source_exists(src)
     return src, gguf_file
+
+
+def check_source_exists(src) -> None:
+    """Refuse at once a ``src`` that is not here and cannot be fetched (see ``resolve_source``).
+
+    Raises:
+        FileNotFoundError: the message says that the folder does not exist, or that the hub cannot be reached.
+    """
+    text = str(src)
+    if Path(src).exists():
+        return
+    if _reads_as_path(text):
+        raise FileNotFoundError(
+            f"{text!r} does not exist: no such folder (a source is a model folder, a hub id such as 'org/name', "
+            f"or {ALIAS!r})"
+        )
+    if not _hub_reachable() and not _in_hub_cache(text):
+        raise FileNotFoundError(
+            f"{text!r} is not a folder here, nor a model in the Hugging Face cache, and the hub cannot be "
+            "reached (offline, or HF_HUB_OFFLINE=1) to download it"
+        )
 
 
 def _reads_as_path(text: str) -> bool:

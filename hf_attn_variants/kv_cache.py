@@ -25,7 +25,7 @@ def parse_size(text: str) -> int:
 
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
     unit = match.group(2) if match else None
-    if match is None or (unit and unit not in SIZE_UNITS) or float(match.group(1)) <= 0:
+    if match is None or (unit and unit not in SIZE_UNITS) or not 0 < float(match.group(1)) < float("inf"):
         raise ValueError(f"size {text!r} is not a positive number with a unit from {list(SIZE_UNITS)}")
     return int(float(match.group(1)) * SIZE_UNITS[unit or "B"])
 

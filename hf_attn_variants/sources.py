@@ -14,6 +14,7 @@ import os
 import struct
 from pathlib import Path
 
+from .default_model import check_source_exists
 from .families.base import MAX_HEADS, MAX_LAYERS, check_config_values, check_count
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -38,6 +39,7 @@ def load_config(src: str | os.PathLike, gguf_file: str | None = None, **kwargs):
     if local:
         where = check_gguf_file(folder / gguf_file) if gguf_file else check_config_file(folder / "config.json")
     else:
+        check_source_exists(src)  # a missing folder said so, before transformers reads it as a hub id
         where = f"the config of {str(src)!r}"
     try:
         return AutoConfig.from_pretrained(src, **kwargs)
@@ -141,7 +143,9 @@ def load_tokenizer(src: str | os.PathLike, gguf_file: str | None = None, **kwarg
     local = folder.is_dir()
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    elif local:
+    if not local:
+        check_source_exists(src)
+    elif not gguf_file:
         present = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
         if not present:
             raise FileNotFoundError(

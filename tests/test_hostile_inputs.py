@@ -206,6 +206,8 @@ CONFIG_CASES = {
         dict(architectures=["GPT2LMHeadModel"]),
         ["'GPT2LMHeadModel', which is not a llama model class", "'LlamaForCausalLM'"],
     ),
+    "negative MLP size": (dict(intermediate_size=-1), ["intermediate_size=-1 must be a whole number of at least 1"]),
+    "zero vocabulary": (dict(vocab_size=0), ["vocab_size=0 must be a whole number of at least 1"]),
     "more layers than the weights hold": (
         dict(num_hidden_layers=3),
         ["found 4 K/V projection weights where a llama model with 3 layers has 6"],
@@ -218,6 +220,22 @@ def test_config(src, tmp_path, capfd, changes, expect):
     edit_config(src, **changes)
     started = time.monotonic()
     refused(capfd, convert_argv(src, tmp_path / "out"), *expect, src=src, out=tmp_path / "out")
+    assert time.monotonic() - started < FAST
+
+
+@pytest.mark.parametrize(
+    "changes, expect",
+    [(dict(vocab_size=10**9), "lm_head.weight would have shape [101, 64], but a LlamaForCausalLM of this config needs "
+      "[1000000000, 64]"),
+     (dict(hidden_size=2**20), "lm_head.weight would have shape [101, 64], but a LlamaForCausalLM of this config "
+      "needs [101, 1048576]")],
+    ids=["10**9 vocabulary", "2**20 hidden size"],
+)  # fmt: skip
+def test_config_sizes_the_weights_do_not_have_on_the_in_memory_path(src, tmp_path, capfd, changes, expect):
+    """Checked against the safetensors headers before transformers allocates a model of the config's sizes."""
+    edit_config(src, **changes)
+    started = time.monotonic()
+    refused(capfd, in_memory_argv(src, tmp_path / "out"), expect, src=src, out=tmp_path / "out")
     assert time.monotonic() - started < FAST
 
 
@@ -445,6 +463,7 @@ def test_data_subprocess(src, tmp_path):
 # -- kv-cache: budgets no machine has or no sequence fits, configs with nothing to plan -------------------------------
 KV_CASES = {
     "a budget of 1e30": (["--budget", "1e30"], ["--budget 1e30", "more memory than a machine has"]),
+    "an infinite budget": (["--budget", "1e999"], ["size '1e999' is not a positive number with a unit"]),
     "a budget of half a byte": (
         ["--budget", "0.5"],
         ["--budget 0.5", "not even one sequence of 4096 tokens fits", "MHA-8 cache needs 2.00 MiB"],
@@ -519,6 +538,7 @@ TRAIN_CASES = {
         "num_key_value_heads=3 does not divide num_attention_heads=8",
     ),
     "a missing data file": (["--data_files", "missing.txt"], "data file 'missing.txt' does not exist"),
+    "a folder as a data file": (["--data_files", "."], "data file '.' is a folder, not a file"),
     "a missing teacher": (["--distill", "--teacher", "./no-teacher"], "'./no-teacher' does not exist"),
 }
 
@@ -559,6 +579,9 @@ def test_a_missing_local_folder(tmp_path, capfd, given):
         Path("models").mkdir()  # "models/mine" reads as a path when models/ is a folder here
     line = refused(capfd, convert_argv(given, tmp_path / "out"), f"'{given}' does not exist: no such folder")
     assert "Repo id" not in line and "https://" not in line
+    with pytest.raises(FileNotFoundError) as caught:  # the Python API says the same
+        hav.AutoModelForCausalLM.from_pretrained(given, attn_variant="mqa")
+    assert line.endswith(str(caught.value))
 
 
 def test_a_hub_id_that_cannot_be_reached_is_refused_at_once(tmp_path, capfd, monkeypatch):

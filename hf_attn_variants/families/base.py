@@ -27,9 +27,13 @@ MAX_HEADS = 2**16
 MAX_LAYERS = 2**12
 HEAD_FIELDS = ("num_attention_heads", "n_head", "num_key_value_heads", "num_kv_heads", "n_head_kv")
 LAYER_FIELDS = ("num_hidden_layers", "n_layer")
-SIZE_FIELDS = ("hidden_size", "n_embd", "head_dim")
-OPTIONAL_FIELDS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "head_dim")  # None: the family's default
+SIZE_FIELDS = ("hidden_size", "n_embd", "head_dim", "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size",
+               "vocab_size", "max_position_embeddings", "n_positions")  # fmt: skip
+# fields that may be None (the family's default)
+OPTIONAL_FIELDS = ("num_key_value_heads", "num_kv_heads", "n_head_kv", "head_dim", "intermediate_size", "n_inner",
+                   "ffn_hidden_size", "max_position_embeddings", "n_positions")  # fmt: skip
 TORCH_DTYPES = ("float32", "bfloat16", "float16", "float64")  # the usual ones, named in errors
+LEGACY_ROPE_TYPES = ("su", "mrope")  # older names that transformers' own configs still read (Phi-3, Qwen2-VL)
 
 
 def check_count(where: str, name: str, value, bound: int | None = None) -> int:
@@ -88,7 +92,7 @@ def _check_rope(values, where: str) -> None:
         for params in rope.values() if per_layer_type else [rope]:
             kind = params.get("rope_type", params.get("type"))
             valid = ["default", *sorted(ROPE_INIT_FUNCTIONS)]
-            if kind is not None and kind not in valid:
+            if kind is not None and kind not in valid and kind not in LEGACY_ROPE_TYPES:
                 raise ValueError(f"{where}: {name} rope_type={kind!r} is not one of {valid}")
 
 
