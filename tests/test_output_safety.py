@@ -41,7 +41,9 @@ MODEL_FOLDER = {
     "tokenizer.json",
     "tokenizer_config.json",
 }
-IN_MEMORY = ["--fit", "--calibration-samples", "2", "--calibration-seq-len", "16"]  # merged: the in-memory path
+STREAM = ["--kv-init", "mean"]  # pooled tensor by tensor: the streaming path of a local safetensors folder
+# merged from calibration statistics: the in-memory path (save_pretrained + tokenizer.save_pretrained)
+IN_MEMORY = ["--kv-init", "mean", "--fit", "--calibration-samples", "2", "--calibration-seq-len", "16"]
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -120,7 +122,7 @@ def our_lines(stderr: str) -> list[str]:
 def test_an_unset_variable_or_the_current_folder_as_out_is_refused(place, out):
     """`convert SRC "$UNSET" --overwrite` and `convert SRC . --overwrite` deleted the current folder's files."""
     before = tree(place)
-    result = run_cli("models/src", out, "--variant", "mqa", "--overwrite", cwd=place / "work")
+    result = run_cli("models/src", out, "--variant", "mqa", *STREAM, "--overwrite", cwd=place / "work")
     assert result.returncode == 2
     message = {
         "": "OUT '' is empty (an unset shell variable?); name the folder to write",
@@ -147,7 +149,7 @@ def test_an_unset_variable_or_the_current_folder_as_out_is_refused(place, out):
 )
 def test_out_that_is_a_users_folder_is_refused(place, capsys, out, message, overwrite):
     tmp = str(place)
-    err = refused(capsys, place, "models/src", out.format(tmp=tmp), "--variant", "mqa", *overwrite)
+    err = refused(capsys, place, "models/src", out.format(tmp=tmp), "--variant", "mqa", *STREAM, *overwrite)
     assert err.startswith(message.format(tmp=tmp)), err
 
 
@@ -162,7 +164,7 @@ def test_out_that_is_a_link_is_refused(place, capsys, target, overwrite):
     elif target == "a model folder":
         save_tiny_checkpoint(elsewhere, "llama")
     (place / "work" / "out").symlink_to(elsewhere, target_is_directory=True)
-    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", *overwrite)
+    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", *STREAM, *overwrite)
     assert err.startswith(f"OUT 'out' is a symbolic link (to '{elsewhere}'); it is never written through")
 
 
@@ -186,7 +188,7 @@ def test_overwrite_replaces_only_a_model_folder(place, capsys, content, problem)
     for name, text in content.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
-    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", "--overwrite")
+    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", *STREAM, "--overwrite")
     assert err == (
         f"OUT 'out' ('{out}') does not look like a model folder ({problem}); --overwrite only replaces a folder of "
         "config, tokenizer, *.safetensors and README.md files: remove it yourself or choose another OUT"
@@ -198,7 +200,7 @@ def test_overwrite_refuses_a_folder_holding_a_link(place, capsys):
     save_tiny_checkpoint(out, "llama")
     (out / "config.json").unlink()
     (out / "config.json").symlink_to(place / "home" / "notes.txt")
-    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", "--overwrite")
+    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", *STREAM, "--overwrite")
     assert "does not look like a model folder ('config.json' is a symbolic link)" in err
 
 
@@ -208,9 +210,9 @@ def test_overwrite_replaces_a_model_folder_or_an_empty_one(place, capsys, previo
     if previous == "an empty folder":
         out.mkdir()
     else:
-        assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2"]) == 0
+        assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM]) == 0
     source = tree(place / "work" / "models" / "src")
-    assert cli.main(["convert", "models/src", "out", "--variant", "mqa", "--overwrite"]) == 0
+    assert cli.main(["convert", "models/src", "out", "--variant", "mqa", *STREAM, "--overwrite"]) == 0
     assert json.loads((out / "config.json").read_text())["num_key_value_heads"] == 1
     assert files(out) == MODEL_FOLDER
     assert sorted(os.listdir(place / "work")) == ["draft.txt", "models", "out"]  # no temporary folder or lock
@@ -219,13 +221,13 @@ def test_overwrite_replaces_a_model_folder_or_an_empty_one(place, capsys, previo
 
 def test_a_source_shard_linking_into_out_is_never_overwritten(place, capsys):
     """SRC's shard is a link into OUT: replacing OUT would change (and here delete) the source."""
-    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2"]) == 0
+    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM]) == 0
     capsys.readouterr()
     linked = place / "work" / "models" / "linked"
     shutil.copytree(place / "work" / "models" / "src", linked)
     (linked / "model.safetensors").unlink()
     (linked / "model.safetensors").symlink_to(place / "work" / "out" / "model.safetensors")
-    err = refused(capsys, place, linked, "out", "--variant", "mqa", "--overwrite")
+    err = refused(capsys, place, linked, "out", "--variant", "mqa", *STREAM, "--overwrite")
     assert err.startswith(
         f"OUT 'out' ('{place}/work/out') holds '{place}/work/out/model.safetensors', which the source's "
         f"'{linked}/model.safetensors' links to; replacing OUT would change the source"
@@ -311,7 +313,7 @@ def test_a_shard_linking_outside_the_source_gets_one_answer(tmp_path, capsys, la
     shard.rename(moved)
     shard.symlink_to(moved)
     err = refused(
-        capsys, tmp_path, src, tmp_path / "out", "--variant", "mqa", *(IN_MEMORY if path != "streaming" else [])
+        capsys, tmp_path, src, tmp_path / "out", "--variant", "mqa", *(IN_MEMORY if path != "streaming" else STREAM)
     )
     assert err == (
         f"{shard.name!r} in {str(src)!r} is a link to {str(moved)!r}, outside the checkpoint folder; refused "
@@ -326,7 +328,7 @@ def test_a_model_file_linking_outside_the_source_is_refused(tmp_path, capsys, na
     secret.write_text((src / name).read_text() if (src / name).exists() else "{}")
     (src / name).unlink(missing_ok=True)
     (src / name).symlink_to(secret)
-    err = refused(capsys, tmp_path, src, tmp_path / "out", "--variant", "mqa")
+    err = refused(capsys, tmp_path, src, tmp_path / "out", "--variant", "mqa", *STREAM)
     assert err.startswith(f"{name!r} in {str(src)!r} is a link to {str(secret)!r}, outside the checkpoint folder")
 
 
@@ -341,7 +343,7 @@ def test_links_inside_the_source_are_followed(tmp_path, layout):
     for shard in src.glob("*.safetensors"):
         shard.rename(src / "store" / shard.name)
         shard.symlink_to(Path("store") / shard.name)
-    assert cli.main(["convert", str(src), str(tmp_path / "out"), "--variant", "mqa"]) == 0
+    assert cli.main(["convert", str(src), str(tmp_path / "out"), "--variant", "mqa", *STREAM]) == 0
     out = tmp_path / "out"
     assert {p.name for p in out.glob("*.safetensors")} == {p.name for p in (src / "store").iterdir()}
     assert not any(p.is_symlink() for p in out.iterdir())
@@ -372,7 +374,7 @@ def test_the_hugging_face_cache_layout_converts(tmp_path, layout, path):
     add_templates(save_tiny_checkpoint(built, "llama") if layout == "one shard" else sharded(built))
     snapshot = hub_cache(tmp_path, built)
     before = tree(tmp_path / "hub")
-    how = IN_MEMORY if path == "in memory" else []
+    how = IN_MEMORY if path == "in memory" else STREAM
     assert cli.main(["convert", str(snapshot), str(tmp_path / "out"), "--variant", "mqa", *how]) == 0
     out = tmp_path / "out"
     assert not any(p.is_symlink() for p in out.rglob("*"))
@@ -386,7 +388,7 @@ def test_the_hugging_face_cache_layout_converts(tmp_path, layout, path):
 def test_out_holding_the_caches_blobs_is_refused(tmp_path, capsys):
     snapshot = hub_cache(tmp_path, save_tiny_checkpoint(tmp_path / "built", "llama"))
     blobs = snapshot.parent.parent / "blobs"
-    err = refused(capsys, tmp_path, snapshot, blobs, "--variant", "mqa", "--overwrite")
+    err = refused(capsys, tmp_path, snapshot, blobs, "--variant", "mqa", *STREAM, "--overwrite")
     assert err.startswith(f"OUT '{blobs}' holds '{blobs}/") and "replacing OUT would change the source" in err
 
 
@@ -452,9 +454,9 @@ def test_a_signal_mid_write_removes_the_temporary_folder(place, signum, status, 
     """SIGTERM (timeout, Slurm, docker) left `.OUT.tmp-*` with partial shards; SIGINT printed a traceback."""
     work = place / "work"
     if previous:
-        assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2"]) == 0
+        assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM]) == 0
     before = tree(place)
-    script, how = (HELD_STREAMING, []) if path == "streaming" else (HELD_IN_MEMORY, IN_MEMORY)
+    script, how = (HELD_STREAMING, STREAM) if path == "streaming" else (HELD_IN_MEMORY, IN_MEMORY)
     process = start_held(script, "models/src", "out", "--variant", "mqa", "--overwrite", *how, cwd=work)
     assert [n for n in hidden(work) if n.startswith(".out.tmp-")]  # the half-written output exists now
     process.send_signal(signum)
@@ -467,9 +469,9 @@ def test_a_signal_mid_write_removes_the_temporary_folder(place, signum, status, 
 
 def test_a_second_conversion_to_the_same_out_fails_at_once(place):
     work = place / "work"
-    first = start_held(HELD_STREAMING, "models/src", "out", "--variant", "mqa", cwd=work)
+    first = start_held(HELD_STREAMING, "models/src", "out", "--variant", "mqa", *STREAM, cwd=work)
     started = time.monotonic()
-    second = run_cli("models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", "--overwrite", cwd=work)
+    second = run_cli("models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM, "--overwrite", cwd=work)
     assert second.returncode == 2
     assert our_lines(second.stderr) == [
         f"{PREFIX}another conversion is writing OUT '{work}/out' (it holds '.out.lock'); wait for it to end or "
@@ -486,7 +488,7 @@ def test_a_second_conversion_to_the_same_out_fails_at_once(place):
 def test_two_conversions_started_together_one_wins(place):
     """Both reported success before (the second replaced the first's OUT without --overwrite)."""
     work = place / "work"
-    argv = [sys.executable, "-m", "hf_attn_variants.cli", "convert", "models/src", "out", "--variant", "mqa"]
+    argv = [sys.executable, "-m", "hf_attn_variants.cli", "convert", "models/src", "out", "--variant", "mqa", *STREAM]
     runs = [subprocess.Popen(argv, cwd=work, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in "ab"]
     results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
     assert sorted(status for status, _ in results) == [0, 2]
@@ -500,12 +502,12 @@ def test_two_conversions_started_together_one_wins(place):
 def test_a_killed_runs_temporary_folder_goes_with_the_next_run(place):
     """SIGKILL cannot be handled: its `.OUT.tmp-*` stays, and the next run to the same OUT removes it."""
     work = place / "work"
-    process = start_held(HELD_STREAMING, "models/src", "out", "--variant", "mqa", cwd=work)
+    process = start_held(HELD_STREAMING, "models/src", "out", "--variant", "mqa", *STREAM, cwd=work)
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
     stale = [n for n in hidden(work) if n.startswith(".out.tmp-")]
     assert len(stale) == 1 and (work / stale[0] / "model.safetensors").is_file()
-    result = run_cli("models/src", "out", "--variant", "mqa", cwd=work)
+    result = run_cli("models/src", "out", "--variant", "mqa", *STREAM, cwd=work)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(work)) == ["draft.txt", "models", "out"] and files(work / "out") == MODEL_FOLDER
 
@@ -518,19 +520,19 @@ def test_a_temporary_folder_is_left_alone_while_its_lock_is_held(place):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         before = tree(place)
-        result = run_cli("models/src", "out", "--variant", "mqa", cwd=work)
+        result = run_cli("models/src", "out", "--variant", "mqa", *STREAM, cwd=work)
         assert result.returncode == 2 and "another conversion is writing OUT" in our_lines(result.stderr)[0]
         assert tree(place) == before
     finally:
         os.close(fd)
-    result = run_cli("models/src", "out", "--variant", "mqa", cwd=work)
+    result = run_cli("models/src", "out", "--variant", "mqa", *STREAM, cwd=work)
     assert result.returncode == 0, result.stderr
     assert sorted(os.listdir(work)) == ["draft.txt", "models", "out"]
 
 
 def test_a_failed_final_rename_keeps_the_previous_out(place, capsys, monkeypatch):
     work = place / "work"
-    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2"]) == 0
+    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM]) == 0
     capsys.readouterr()
     replace = os.replace
 
@@ -540,18 +542,18 @@ def test_a_failed_final_rename_keeps_the_previous_out(place, capsys, monkeypatch
         return replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(io.os, "replace", failing)
-    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", "--overwrite")
+    err = refused(capsys, place, "models/src", "out", "--variant", "mqa", *STREAM, "--overwrite")
     assert err.startswith(f"[Errno {errno.EXDEV}] {os.strerror(errno.EXDEV)}: '{work}/.out.tmp-")
 
 
 def test_a_previous_out_moved_aside_by_a_killed_run_is_put_back(place, capsys):
     """Killed between moving the previous OUT aside and renaming the new one in: the next run restores it."""
     work = place / "work"
-    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2"]) == 0
+    assert cli.main(["convert", "models/src", "out", "--variant", "gqa", "--num-kv-heads", "2", *STREAM]) == 0
     capsys.readouterr()
     previous = tree(work / "out")
     (work / "out").rename(work / ".out.old-89abcdef")
-    assert cli.main(["convert", "models/src", "out", "--variant", "mqa"]) == 2
+    assert cli.main(["convert", "models/src", "out", "--variant", "mqa", *STREAM]) == 2
     assert capsys.readouterr().err.strip() == f"{PREFIX}OUT 'out' ('{work}/out') exists; pass --overwrite " + (
         "(overwrite=True) to replace it"
     )
@@ -598,7 +600,7 @@ def read_only(tmp_path):
 
 @pytest.mark.parametrize("path", ["streaming", "in memory"])
 def test_a_full_disk(small_disk, place, capsys, path):
-    how = IN_MEMORY if path == "in memory" else []
+    how = IN_MEMORY if path == "in memory" else STREAM
     err = refused(capsys, place, "models/src", small_disk / "out", "--variant", "mqa", *how)
     assert os.strerror(errno.ENOSPC) in err
     assert os.listdir(small_disk) == []
@@ -606,7 +608,7 @@ def test_a_full_disk(small_disk, place, capsys, path):
 
 @pytest.mark.parametrize("path", ["streaming", "in memory"])
 def test_a_read_only_out(read_only, place, capsys, path):
-    how = IN_MEMORY if path == "in memory" else []
+    how = IN_MEMORY if path == "in memory" else STREAM
     err = refused(capsys, place, "models/src", read_only / "out", "--variant", "mqa", *how)
     assert err == f"[Errno {errno.EROFS}] {os.strerror(errno.EROFS)}: '{read_only}/.out.lock'"
 
@@ -614,6 +616,6 @@ def test_a_read_only_out(read_only, place, capsys, path):
 @pytest.mark.parametrize("path", ["streaming", "in memory"])
 def test_a_read_only_source_converts(read_only, tmp_path, path):
     before = tree(read_only)
-    how = IN_MEMORY if path == "in memory" else []
+    how = IN_MEMORY if path == "in memory" else STREAM
     assert cli.main(["convert", str(read_only), str(tmp_path / "out"), "--variant", "mqa", *how]) == 0
     assert files(tmp_path / "out") == MODEL_FOLDER and tree(read_only) == before
