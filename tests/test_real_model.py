@@ -52,7 +52,9 @@ def test_gqa3_to_mha9_gives_the_same_logits_and_answer(smollm2, prose_ids):
 
 def test_mqa_runs_saves_and_reloads(smollm2, prose_ids, tmp_path):
     folder, gguf_file, tokenizer, _ = smollm2
-    mqa = hav.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, attn_variant="mqa").eval()
+    # mean pooling: this test is about the checkpoint (the default recipe on SmolLM2 runs in the README's quick start)
+    mqa = hav.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, attn_variant="mqa", kv_init="mean")
+    mqa.eval()
     assert mqa.config.num_key_value_heads == 1
     assert mqa.model.layers[0].self_attn.k_proj.weight.shape == (64, 576)
     with torch.no_grad():
@@ -73,7 +75,7 @@ def test_mqa_uptraining_on_the_gguf_model_lowers_perplexity(tmp_path):
 
     out = tmp_path / "mqa"
     results = main(
-        ["--model_name_or_path", "smollm2", "--attn_variant", "mqa", "--train_modules", "kv",
+        ["--model_name_or_path", "smollm2", "--attn_variant", "mqa", "--kv-init", "mean", "--train_modules", "kv",
          "--block_size", "64", "--max_eval_blocks", "4", "--per_device_train_batch_size", "2",
          "--max_steps", "3", "--learning_rate", "2e-3", "--output_dir", str(out), "--save_strategy", "no",
          "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
