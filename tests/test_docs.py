@@ -125,6 +125,21 @@ def test_every_block_names_its_language():
         assert not opened, f"{path.name}: a fence is never closed"
 
 
+def test_no_mark_sits_on_a_continued_block():
+    """pytest-codeblocks would carry a mark before a ``cont`` block over to the next new block, silently."""
+    comment = re.compile(r"^\s*<!--[-\s]*(pytest\.mark\.|pytest-codeblocks:cont)")
+    for path in DOCS:
+        comments = []
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if comment.match(line):
+                comments.append((lineno, line.strip()))
+                if "pytest-codeblocks:cont" in line:
+                    marks = [f"{path.name}:{n}" for n, text in comments if "pytest.mark." in text]
+                    assert not marks, f"{marks}: a mark on a continued block; put it before the first block"
+            elif line.strip():
+                comments = []
+
+
 def test_the_quick_start_is_the_first_block_that_runs_and_it_needs_nothing_before_it():
     readme = (ROOT / "README.md").read_text().splitlines()
     first = next(
