@@ -156,6 +156,8 @@ def check_kv_shapes(files: list[Path], config) -> None:
     from .convert import check_kv_weight_count
     from .streaming import _DTYPES
 
+    if not files:  # a GGUF file or a hub id: no safetensors headers to read (the load itself checks)
+        return
     family = family_for(config)
     kv, found = family.num_kv_heads(config), 0
     for path in files:
