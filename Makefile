@@ -32,9 +32,9 @@ quality: setup
 	$(BIN)/python bench/conversion_quality.py --model smollm2 --methods mean "mean + fit" aligned "aligned + fit" svd "svd + sequential" --calibration_samples 32 --uptrain_steps 30 --json_out out/bench/quality_smollm2.json
 
 lint: setup
-	$(BIN)/ruff check hf_attn_variants tests scripts bench
-	$(BIN)/ruff format --check hf_attn_variants tests scripts bench
+	$(BIN)/ruff check hf_attn_variants hf_attn_variants_cli.py tests scripts bench
+	$(BIN)/ruff format --check hf_attn_variants hf_attn_variants_cli.py tests scripts bench
 
 format: setup
-	$(BIN)/ruff format hf_attn_variants tests scripts
-	$(BIN)/ruff check --fix hf_attn_variants tests scripts
+	$(BIN)/ruff format hf_attn_variants hf_attn_variants_cli.py tests scripts bench
+	$(BIN)/ruff check --fix hf_attn_variants hf_attn_variants_cli.py tests scripts bench

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from .auto import AttnVariantForCausalLM, source_tokenizer
+from .choices import DTYPES
 from .configuration import AttnVariantConfig
 from .convert import record_recipe
 from .default_model import resolve_source, source_name
@@ -25,8 +26,6 @@ from .model_card import render_model_card
 from .recipe import KVRecipe
 
 logger = logging.getLogger(__name__)
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def dtype_from_name(name: str):

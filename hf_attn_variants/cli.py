@@ -1,12 +1,9 @@
-"""The ``hf-attn-variants`` command line.
+"""The ``hf-attn-variants`` command line: convert, kv-cache, train and tradeoff.
 
-    hf-attn-variants convert SRC OUT --variant gqa --num-kv-heads 4 [--kv-init mean|first|random] [--gguf-file F]
-    hf-attn-variants kv-cache SRC --variants mha,gqa:4,mqa --seq-len 4096 --batch 8 [--dtype bfloat16] [--json]
-    hf-attn-variants train --attn_variant mqa --output_dir OUT [...]   (the options of scripts/finetune.py)
-    hf-attn-variants tradeoff [SRC] --variants mha,gqa:3,mqa [--uptrain-steps N] [--dataset D | --data-files F]
-
-SRC is a local folder, a hub id, or ``smollm2`` (SmolLM2-135M-Instruct from its registry package).
-Bad input exits with status 2 and a message naming the bad value and the valid choices.
+Bad input exits with status 2 and one line naming the bad value and the valid choices. The parser is built
+from standard-library modules only (torch and transformers are imported by the subcommand that runs), so
+``--help``, ``--version`` and a mistyped command answer at once when started through the console script
+(``hf_attn_variants_cli``, which parses before the package's ``__init__`` imports transformers).
 """
 
 from __future__ import annotations
@@ -14,17 +11,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 
-from .checkpoint import DTYPES, convert_checkpoint
+from .choices import ATTN_VARIANTS, CACHE_DTYPES, DTYPES
 from .io import Stopped, signals_as_exceptions
-from .kv_cache import CACHE_DTYPES
 from .recipe import add_recipe_arguments, recipe_from_args
-from .variants import ATTN_VARIANTS
+
+DESCRIPTION = "Run, convert, fine-tune and evaluate decoder LLMs in MHA, GQA or MQA attention."
+EXAMPLES = """\
+SRC is a local folder, a Hub id, or smollm2 (SmolLM2-135M-Instruct, from its registry package).
+
+examples:
+  hf-attn-variants convert smollm2 out/smollm2-mqa --variant mqa
+  hf-attn-variants convert ./my-llama out/my-llama-gqa4 --variant gqa --num-kv-heads 4 --kv-init fast
+  hf-attn-variants kv-cache smollm2 --variants mha,gqa:3,mqa --seq-len 8192 --batch 8
+  hf-attn-variants train --attn_variant mqa --output_dir out/mqa-uptrained --max_steps 200
+  hf-attn-variants tradeoff smollm2 --variants mha,gqa:3,mqa --uptrain-steps 30 --distill
+
+'hf-attn-variants COMMAND --help' lists a command's options; docs/cli.md has them all.
+"""
+
+
+def version() -> str:
+    try:
+        return metadata.version("hf_attn_variants")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-attn-variants", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="hf-attn-variants",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     convert = commands.add_parser("convert", help="convert a checkpoint to MHA, GQA or MQA")
@@ -107,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _convert(args) -> int:
+    from .checkpoint import convert_checkpoint
+
     out = convert_checkpoint(
         args.src,
         args.out,

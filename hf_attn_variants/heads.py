@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-KV_INIT_METHODS = ("mean", "first", "random", "aligned", "svd")  # the last two: hf_attn_variants.merging
+from .choices import KV_INIT_METHODS
 
 
 def kv_head_for_query_heads(num_heads: int, num_kv_heads: int) -> torch.Tensor:

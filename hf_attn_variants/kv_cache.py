@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from .choices import CACHE_DTYPES
 from .families import family_for
 from .heads import kv_cache_bytes_per_token
 from .variants import resolve_num_kv_heads, variant_label
 
 MAX_BUDGET = 2**50  # 1 PiB: more memory than one machine has; a larger budget is a typo (1e30)
 
-CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 SIZE_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30,
               "TiB": 2**40}  # fmt: skip
 

@@ -9,6 +9,7 @@ a model card and the held-out perplexity before and after. ``scripts/finetune.py
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import math
@@ -22,7 +23,8 @@ import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from .calibration import calibration_for
-from .checkpoint import DTYPES, dtype_from_name
+from .checkpoint import dtype_from_name
+from .choices import DTYPES
 from .convert import convert, drop_gguf_record
 from .data import DEFAULT_DATASET, check_data_files, load_texts, pack, split_blocks
 from .default_model import resolve_source, source_name
@@ -536,9 +538,26 @@ def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, description and epilog kept as written (a link must not be wrapped)."""
+
+
+TRAINING_ARGUMENTS_DOCS = "https://huggingface.co/docs/transformers/main_classes/trainer#transformers.TrainingArguments"
+
+
 def parser() -> HfArgumentParser:
     """The command line's parser: the project's options first (model, recipe, data, uptraining), then Trainer's."""
-    return HfArgumentParser((ModelArguments, KVRecipe, DataArguments, UptrainArguments, TrainingArguments))
+    arguments = HfArgumentParser(
+        (ModelArguments, KVRecipe, DataArguments, UptrainArguments, TrainingArguments),
+        description="Uptrain or fine-tune an MHA, GQA or MQA variant with transformers' Trainer.\n"
+        "The project's options come first; Trainer's own (transformers.TrainingArguments) follow them.",
+        epilog=f"Trainer's options are documented at\n  {TRAINING_ARGUMENTS_DOCS}\nand docs/training.md has recipes.",
+        formatter_class=_HelpFormatter,
+    )
+    # TrainingArguments land in argparse's default group, printed first: name it and print it last
+    arguments._optionals.title = "Trainer's options (transformers.TrainingArguments)"
+    arguments._action_groups.sort(key=lambda group: group is arguments._optionals)
+    return arguments
 
 
 def parse_arguments(argv: list[str] | None = None, prog: str | None = None):

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import numbers
 
-from .heads import KV_INIT_METHODS
+from .choices import ATTN_VARIANTS, KV_INIT_METHODS
 
-ATTN_VARIANTS = ("mha", "gqa", "mqa")
 MERGE_KV_INITS = ("aligned", "svd")  # kv_init methods that merge whole layers (hf_attn_variants.merging)
 GROUPINGS = ("contiguous", "similarity")
 

@@ -124,6 +124,58 @@ def test_console_script_is_installed(src):
     assert result.returncode == 0 and "MQA" in result.stdout, result.stderr
 
 
+# runs the installed console script in a fresh process and prints its exit status and what it imported
+_IMPORTED = (
+    "import runpy, sys\n"
+    "sys.argv = ['hf-attn-variants', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_path({exe!r}, run_name='__main__')\n"
+    "except SystemExit as done:\n"
+    "    print('EXIT', done.code, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+)
+
+
+@pytest.mark.parametrize(
+    "argv, status, shown",
+    [
+        (["--help"], 0, "hf-attn-variants convert smollm2 out/smollm2-mqa --variant mqa"),
+        (["--version"], 0, f"hf-attn-variants {hav.__version__}"),
+        (["convert", "--help"], 0, "--kv-init"),
+        (["convert", "only-src"], 2, "the following arguments are required: OUT, --variant/--attn-variant"),
+        (["bogus"], 2, "invalid choice: 'bogus'"),
+    ],
+)
+def test_help_version_and_bad_usage_answer_without_importing_torch(argv, status, shown):
+    """``--help``, ``--version`` and usage errors are parsed before the package imports torch and transformers."""
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    code = _IMPORTED.format(exe=str(exe))
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert result.stdout.splitlines()[-1] == f"EXIT {status} False False", result.stdout + result.stderr
+    assert shown in result.stdout + result.stderr
+    assert "``" not in result.stdout  # no reStructuredText markup in what the user reads
+
+
+def test_help_shows_examples_and_plain_words():
+    help_text = cli.build_parser().format_help()
+    assert help_text.splitlines()[2] == cli.DESCRIPTION
+    assert "examples:" in help_text and "docs/cli.md" in help_text
+
+
+def test_train_help_lists_the_project_options_before_trainers():
+    from hf_attn_variants.training import TRAINING_ARGUMENTS_DOCS, parser
+
+    help_text = parser().format_help()
+    groups = [line for line in help_text.splitlines() if line and not line[0].isspace() and line.endswith(":")]
+    assert groups == [
+        "model and variant:",
+        "conversion recipe (how fewer K/V heads are made):",
+        "training and evaluation text:",
+        "uptraining:",
+        "Trainer's options (transformers.TrainingArguments):",
+    ]
+    assert TRAINING_ARGUMENTS_DOCS in help_text.splitlines()[-2]
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
