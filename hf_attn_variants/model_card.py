@@ -31,12 +31,21 @@ def render_model_card(
     uptraining: str = "none",
     metrics: dict[str, float] | None = None,
     dataset: str = "held-out text",
+    *,
+    base_model: str | None = None,
+    license: str | None = None,
+    adapter: bool = False,
+    dataset_id: str | None = None,
 ) -> ModelCard:
     """The card of ``model``, converted from ``source`` (which had ``source_kv_heads`` K/V heads).
 
-    ``metrics`` (name -> value, e.g. ``{"perplexity": 21.3}``) measured on ``dataset`` become the
-    card's model-index eval results and a table in its body. How the K/V heads were made comes from the
-    recipe the conversion recorded in the config (``attn_variant_recipe``); ``kv_init`` names it otherwise.
+    ``metrics`` (name -> value, each name distinct, e.g. ``{"perplexity after uptraining": 21.3}``) measured on
+    ``dataset`` (its Hub id ``dataset_id`` where it has one) become the card's model-index eval results and a
+    table in its body. ``base_model`` (the source's Hub id) and ``license`` (carried from the source) go into
+    the metadata where known (``sources.source_metadata``); the relation is ``adapter`` for a LoRA adapter,
+    else ``finetune`` (weights derived from the base model's, same architecture). How the K/V heads were made
+    comes from the recipe the conversion recorded in the config (``attn_variant_recipe``); ``kv_init`` names it
+    otherwise.
     """
     config = model.config
     family = family_for(config)
@@ -44,7 +53,7 @@ def render_model_card(
     layers, head_dim = family.num_layers(config), family.head_dim(config)
     source_bytes = kv_cache_bytes_per_token(layers, source_kv_heads, head_dim, 2)
     kv_bytes = kv_cache_bytes_per_token(layers, kv_heads, head_dim, 2)
-    variant = variant_label(heads, kv_heads)
+    variant, source_variant = variant_label(heads, kv_heads), variant_label(heads, source_kv_heads)
     expanded = kv_heads >= source_kv_heads
     import_line = (
         "import hf_attn_variants  # registers the variant config\n"
@@ -55,9 +64,12 @@ def render_model_card(
     metrics = {k: float(v) for k, v in (metrics or {}).items() if v is not None}
     card_data = ModelCardData(
         model_name=model_name,
-        eval_results=[_eval_result(name, value, dataset) for name, value in metrics.items()] or None,
-        library_name="transformers",
-        base_model=source if "/" in source and not Path(source).exists() else None,
+        base_model=base_model,
+        base_model_relation=("adapter" if adapter else "finetune") if base_model else None,
+        license=license,
+        datasets=[dataset_id] if dataset_id else None,
+        eval_results=[_eval_result(name, value, dataset, dataset_id) for name, value in metrics.items()] or None,
+        library_name="peft" if adapter else "transformers",
         tags=["hf_attn_variants", variant.split("-")[0].lower(), family.name],
         pipeline_tag="text-generation",
     )
@@ -68,15 +80,16 @@ def render_model_card(
         metrics=metrics,
         dataset=dataset,
         source=f"`{source}`",
+        heads_line=heads_sentence(heads, kv_heads, source_kv_heads),
         variant=variant,
-        source_variant=variant_label(heads, source_kv_heads),
-        num_heads=heads,
+        source_variant=source_variant,
         num_key_value_heads=kv_heads,
         source_kv_heads=source_kv_heads,
         source_kv_bytes=source_bytes,
         kv_bytes=kv_bytes,
         kv_ratio=f"{kv_bytes / source_bytes:.3f}",
-        kv_init="exact copy" if expanded else recipe_text(config, kv_init),
+        weights_dtype=weights_dtype(config),
+        kv_init=kv_words(config, kv_heads, source_kv_heads, kv_init),
         kv_init_note="" if expanded else _KV_INIT_NOTES.get(recorded_method(config, kv_init), ""),
         uptraining=uptraining,
         loading=f"{import_line}import transformers\nmodel = transformers.AutoModelForCausalLM.from_pretrained(PATH)",
@@ -84,6 +97,33 @@ def render_model_card(
         if expanded or uptraining != "none"
         else "pooled K/V heads change the model's function; quality drops until the model is uptrained.",
     )
+
+
+def heads_sentence(heads: int, kv_heads: int, source_kv_heads: int) -> str:
+    """What the attention became, in words (MHA and the source's own layout said as such)."""
+    source = variant_label(heads, source_kv_heads)
+    if kv_heads == source_kv_heads:
+        return f"kept in its own layout, **{source}** ({heads} query heads, {kv_heads} K/V heads): weights unchanged"
+    if kv_heads == heads:
+        return f"converted to **MHA**: each of the {heads} query heads has its own K/V head (the source, {source}, had {source_kv_heads})"
+    shared = f"{kv_heads} K/V head{'s' if kv_heads > 1 else ''}"
+    variant = variant_label(heads, kv_heads)
+    return f"converted to **{variant}** attention: {heads} query heads share {shared} (the source, {source}, had {source_kv_heads})"
+
+
+def kv_words(config, kv_heads: int, source_kv_heads: int, kv_init: str | None = None) -> str:
+    """How the K/V heads were made: unchanged, exact copies (more heads), or the recorded recipe."""
+    if kv_heads == source_kv_heads:
+        return "the source's own (unchanged)"
+    if kv_heads > source_kv_heads:
+        return "exact copies of the source's K/V heads (the model's function is unchanged)"
+    return f"made by `{recipe_text(config, kv_init)}`"
+
+
+def weights_dtype(config) -> str:
+    """The dtype of the saved weights as the config records it (``torch.float32`` -> ``float32``)."""
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    return str(dtype).removeprefix("torch.") if dtype else "the source's"
 
 
 def recorded_method(config, kv_init: str | None = None) -> str:
@@ -106,11 +146,11 @@ def recipe_text(config, kv_init: str | None = None) -> str:
     return text
 
 
-def _eval_result(name: str, value: float, dataset: str) -> EvalResult:
+def _eval_result(name: str, value: float, dataset: str, dataset_id: str | None = None) -> EvalResult:
     metric_type = "accuracy" if "accuracy" in name else "perplexity"
     return EvalResult(
         task_type="text-generation",
-        dataset_type=dataset,
+        dataset_type=dataset_id or "text",
         dataset_name=dataset,
         metric_type=metric_type,
         metric_name=name,

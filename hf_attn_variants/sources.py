@@ -115,6 +115,69 @@ def check_gguf_file(path: Path) -> str:
     return where
 
 
+GGUF_FLOAT_TYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
+_WIDTH = {"float16": 0, "bfloat16": 1, "float32": 2}  # a mix of floats is written in the widest
+
+
+def gguf_weights_dtype(path: str | os.PathLike) -> tuple[str, list[str]]:
+    """The dtype that holds ``path``'s weight matrices exactly, and their GGUF types (sorted).
+
+    Float matrices (F32, BF16, F16) keep their dtype (the widest where they are mixed); a quantized file
+    (Q4_1, Q8_0, K-quants ...) is written as float32, which holds its dequantized values exactly. Vectors
+    (norms, biases) are stored as F32 by llama.cpp whatever the file's type and do not count.
+    """
+    from gguf import GGUFReader
+
+    types = sorted({t.tensor_type.name for t in GGUFReader(path).tensors if len(t.shape) > 1})
+    floats = [GGUF_FLOAT_TYPES[t] for t in types if t in GGUF_FLOAT_TYPES]
+    if not types or len(floats) < len(types):
+        return "float32", types
+    return max(floats, key=_WIDTH.__getitem__), types
+
+
+def source_metadata(src: str | os.PathLike, gguf_file: str | None = None) -> dict:
+    """What a model card can say of ``src``'s origin: ``base_model`` (a Hub id) and ``license``, where known.
+
+    The Hub id is ``src`` itself when it is one, the repository of a Hugging Face cache snapshot folder
+    (``.../models--org--name/snapshots/<commit>``), or SmolLM2's for ``smollm2``; the license comes from the
+    GGUF file's ``general.license``, else the card (``README.md``) in the folder. Unknown stays ``None``: a
+    card never claims a license or a base model it did not read.
+    """
+    from .default_model import ALIAS, BASE_MODEL, reads_as_path, resolve_source
+
+    path = Path(src)
+    base_model = None
+    if str(src) == ALIAS and not path.exists():
+        base_model = BASE_MODEL
+        src, gguf_file = resolve_source(str(src), gguf_file)
+        path = Path(src)
+    elif not path.exists() and not reads_as_path(str(src)):
+        base_model = str(src)
+    else:
+        parts = path.resolve().parts
+        if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+            base_model = parts[-3].removeprefix("models--").replace("--", "/", 1)
+    return {"base_model": base_model, "license": _license(path, gguf_file)}
+
+
+def _license(folder: Path, gguf_file: str | None) -> str | None:
+    """The license ``folder``'s GGUF file or model card declares, or ``None``."""
+    if gguf_file and (folder / gguf_file).is_file():
+        from gguf import GGUFReader
+
+        field = GGUFReader(folder / gguf_file).fields.get("general.license")
+        return _gguf_value(field) if field is not None else None
+    card = folder / "README.md"
+    if card.is_file():
+        from huggingface_hub import ModelCard
+
+        try:
+            return ModelCard.load(card).data.license
+        except (ValueError, OSError):  # a README without (valid) metadata says nothing about the license
+            return None
+    return None
+
+
 def _gguf_value(field):
     """A GGUF metadata field's value: an int, float or str for a scalar; ``None`` for an array."""
     import gguf

@@ -503,9 +503,28 @@ def plot(summary: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def card_metrics(row: dict) -> dict[str, float]:
+    """A variant's figures under distinct names: mean pooling and the recipe at 0 steps, then after uptraining."""
+    names = {"perplexity": "perplexity", "next_token_accuracy": "next-token accuracy"}
+    merged = row["zero_steps"]["mean"] is not row["zero_steps"]["recipe"] and row["recipe"] is not None
+    metrics = {}
+    for key, name in names.items():
+        if merged:
+            metrics[f"{name}, mean pooling, 0 steps"] = row["zero_steps"]["mean"][key]
+            metrics[f"{name}, recipe, 0 steps"] = row["zero_steps"]["recipe"][key]
+        if row.get("uptraining"):
+            metrics[f"{name} after {row['uptraining']['steps']} steps of uptraining"] = row[key]
+        elif not merged:
+            metrics[name] = row[key]
+    return metrics
+
+
 def write_cards(models: dict, summary: dict, tokenizer, folder: Path, cfg: TradeoffConfig) -> None:
     """A model card per variant in ``folder/<variant>/README.md`` (with the checkpoint if ``save_checkpoints``)."""
     from .model_card import render_model_card
+    from .sources import source_metadata
+
+    origin = source_metadata(cfg.src, cfg.gguf_file)
 
     for row in summary["variants"]:
         model = models[row["variant"]]
@@ -517,8 +536,10 @@ def write_cards(models: dict, summary: dict, tokenizer, folder: Path, cfg: Trade
             summary["source"],
             summary["source_num_key_value_heads"],
             uptraining=f"{up['steps']} steps, {up['tokens']:,} tokens, {up['trained']}, {up['loss']}" if up else "none",
-            metrics={"perplexity": row["perplexity"], "next-token accuracy": row["next_token_accuracy"]},
+            metrics=card_metrics(row),
             dataset=f"{summary['eval_tokens']} held-out tokens of {summary['dataset']}",
+            dataset_id=cfg.dataset if cfg.dataset and not cfg.data_files else None,
+            **origin,
         )
         card.save(target / "README.md")
         if cfg.save_checkpoints:

@@ -513,6 +513,7 @@ def _run(model_args, data_args, uptrain_args, training_args) -> dict:
 
 def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
     from .model_card import render_model_card
+    from .sources import source_metadata
 
     output_dir = Path(trainer.args.output_dir)
     trainer.save_model(str(output_dir))
@@ -522,17 +523,21 @@ def _save(trainer, tokenizer, model_args, uptrain_args, results) -> None:
     results["uptraining"] = describe_uptraining(
         model_args, uptrain_args, results["steps"], results["tokens"], results.get("train_runtime", 0.0)
     )
+    data = results["arguments"]["data"]
     card = render_model_card(
         base,
         results["source"],
         results["source_num_key_value_heads"],
         uptraining=results["uptraining"] + (" (this folder holds the LoRA adapter)" if model_args.use_peft else ""),
         metrics={
-            "source perplexity": results.get("eval_source_perplexity"),
+            "perplexity of the source": results.get("eval_source_perplexity"),
             "perplexity before uptraining": results.get("eval_start_perplexity"),
-            "perplexity": results["eval_end_perplexity"],
+            "perplexity after uptraining": results["eval_end_perplexity"],
         },
         dataset=f"held-out blocks of {results['dataset']}",
+        dataset_id=None if data.get("data_files") else data.get("dataset_name"),
+        adapter=model_args.use_peft,
+        **source_metadata(model_args.model_name_or_path, model_args.gguf_file),
     )
     card.save(output_dir / "README.md")
     (output_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, default=str))

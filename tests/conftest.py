@@ -194,3 +194,28 @@ def tiny_text(tmp_path):
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(topics[k] for k in sorted(topics))[:60_000])
     return path
+
+
+def card_metadata(card_path) -> dict:
+    """The YAML block of a card, parsed by a plain YAML reader (what the Hub reads)."""
+    import yaml
+
+    text = card_path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def check_hub_ready(card_path):
+    """The card's metadata rebuilt by huggingface_hub's ``ModelCardData`` without errors, its eval results parsed."""
+    from huggingface_hub import ModelCardData
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    metadata = card_metadata(card_path)
+    data = ModelCardData(**metadata)  # ignore_metadata_errors=False: a malformed model-index raises
+    assert data.to_dict() == metadata
+    if "model-index" in metadata:
+        name, results = model_index_to_eval_results(metadata["model-index"])
+        metric_names = [r.metric_name for r in results]
+        assert len(set(metric_names)) == len(metric_names), metric_names  # distinct names, no two "perplexity"
+        assert all(" " not in r.dataset_type for r in results), [r.dataset_type for r in results]  # an id, no sentence
+    return data

@@ -105,3 +105,33 @@ def test_calibrated_svd_merge_beats_mean_pooling_by_far(smollm2):
     source, merged, pooled = perplexity(model), perplexity(svd), perplexity(mean)
     assert merged < pooled / 20, (source, merged, pooled)
     assert merged < 20 * source, (source, merged, pooled)
+
+
+def test_readme_convert_of_smollm2_says_what_it_writes_and_cards_it_for_the_hub(tmp_path):
+    """The README's command line, as a user types it: the quantized GGUF becomes float32, and says so."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .conftest import check_hub_ready
+
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    out = tmp_path / "out" / "smollm2-mqa-mean"
+    argv = [str(exe), "convert", "smollm2", str(out), "--variant", "mqa", "--kv-init", "mean"]
+    result = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"wrote {out} (K/V heads: mean; weights float32)"
+    assert (
+        "SmolLM2-135M-Instruct.Q4_1.gguf holds quantized weights (Q4_1, Q8_0): writing them as float32, which "
+        "holds their dequantized values exactly"
+    ) in result.stderr
+    card = check_hub_ready(out / "README.md")
+    assert (card.base_model, card.base_model_relation, card.license) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "finetune",
+        "apache-2.0",
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert (config["dtype"], config["_model_name_or_path"]) == ("float32", "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert "- Weights saved in float32" in (out / "README.md").read_text()

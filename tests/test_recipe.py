@@ -161,7 +161,9 @@ def test_cli_convert_without_a_tokenizer_streams_mean_pooling(tmp_path, capsys):
     src = tmp_path / "src"
     tiny_model("llama").save_pretrained(src)  # weights only: no tokenizer to read calibration text
     assert cli.main(["convert", str(src), str(tmp_path / "out"), "--variant", "mqa"]) == 0
-    assert "(K/V heads: mean (preset auto -> mean))" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"wrote {tmp_path / 'out'} (K/V heads: mean (preset auto -> mean); weights float32)"
+    )
     recorded = json.loads((tmp_path / "out" / "config.json").read_text())["attn_variant_recipe"]
     assert (recorded["kv_init"], recorded["preset"]) == ("mean", "auto -> mean")
     assert "calibration_samples" not in recorded  # a pooling recipe reads no calibration text

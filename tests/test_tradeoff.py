@@ -9,7 +9,7 @@ from hf_attn_variants import cli
 from hf_attn_variants.heads import kv_cache_bytes_per_token
 from hf_attn_variants.tradeoff import FILES, default_variants, resolve_variants
 
-from .conftest import save_tiny_checkpoint
+from .conftest import check_hub_ready, save_tiny_checkpoint
 
 SMALL = ["--block-size", "32", "--eval-blocks", "4", "--batch", "2", "--context", "64", "--prefill-tokens", "16",
          "--memory-context", "128", "--rounds", "3"]  # fmt: skip
@@ -82,8 +82,19 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
     assert "hav_pydoc_next_word" in table
 
     card = ModelCard.load(out / "mqa" / "README.md")
+    check_hub_ready(out / "mqa" / "README.md")
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
-    assert results["perplexity"] == pytest.approx(rows[-1]["perplexity"], rel=1e-3)
+    mqa = rows[-1]
+    assert results == {
+        "perplexity, mean pooling, 0 steps": round(mqa["zero_steps"]["mean"]["perplexity"], 4),
+        "perplexity, recipe, 0 steps": round(mqa["zero_steps"]["recipe"]["perplexity"], 4),
+        "perplexity after 2 steps of uptraining": round(mqa["perplexity"], 4),
+        "next-token accuracy, mean pooling, 0 steps": round(mqa["zero_steps"]["mean"]["next_token_accuracy"], 4),
+        "next-token accuracy, recipe, 0 steps": round(mqa["zero_steps"]["recipe"]["next_token_accuracy"], 4),
+        "next-token accuracy after 2 steps of uptraining": round(mqa["next_token_accuracy"], 4),
+    }
+    source_card = {r.metric_name for r in ModelCard.load(out / "gqa-4" / "README.md").data.eval_results}
+    assert source_card == {"perplexity after 2 steps of uptraining", "next-token accuracy after 2 steps of uptraining"}
     assert "2 steps" in card.text and "MQA" in card.text
     assert not (out / "mqa" / "model.safetensors").exists()  # checkpoints only with --save-checkpoints
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary folder left

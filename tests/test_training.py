@@ -1,9 +1,11 @@
 """Uptraining and fine-tuning: what is trained changes and nothing else does, distillation, LoRA, resume, DDP."""
 
+import copy
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from hf_attn_variants.training import (
     parse_arguments,
 )
 
-from .conftest import save_tiny_checkpoint, tiny_model
+from .conftest import check_hub_ready, save_tiny_checkpoint, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,10 +202,14 @@ def test_default_lora_targets_for_plugin_model_types():
     gpt2 = hav.convert(tiny_model("gpt2"), "mqa")
     config = lora_config(gpt2, r=2)
     assert set(config.target_modules) == {"attn.c_attn", "attn.c_proj"} and config.fan_in_fan_out
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="fan_in_fan_out")  # "... is set to False but the target ... Conv1D"
+        get_peft_model(copy.deepcopy(gpt2), config)
     register_peft_defaults()
     from peft import LoraConfig
 
-    peft_model = get_peft_model(gpt2, LoraConfig(r=2, task_type="CAUSAL_LM"))  # PEFT's own defaults by model_type
+    # PEFT's own defaults by model_type; with Conv1D layers PEFT wants fan_in_fan_out=True, as for its own gpt2
+    peft_model = get_peft_model(gpt2, LoraConfig(r=2, task_type="CAUSAL_LM", fan_in_fan_out=True))
     assert any(n.endswith("attn.c_attn.lora_A") for n, _ in peft_model.named_modules())
 
 
@@ -277,7 +283,14 @@ def test_eval_source_reports_the_unconverted_models_perplexity(workspace, tmp_pa
     pooled = main(train_args(workspace, tmp_path / "mqa", "--attn_variant", "mqa", "--eval_source", "--max_steps", "1"))
     assert pooled["eval_source_perplexity"] == pytest.approx(same["eval_source_perplexity"], rel=1e-6)
     assert pooled["eval_start_perplexity"] != pytest.approx(pooled["eval_source_perplexity"], rel=1e-3)
-    assert "source perplexity" in (tmp_path / "mqa" / "README.md").read_text()
+    card = check_hub_ready(tmp_path / "mqa" / "README.md")
+    names = [r.metric_name for r in card.eval_results]
+    assert names == ["perplexity of the source", "perplexity before uptraining", "perplexity after uptraining"]
+    assert [r.metric_value for r in card.eval_results][:2] == [
+        round(pooled["eval_source_perplexity"], 4),
+        round(pooled["eval_start_perplexity"], 4),
+    ]
+    assert {r.dataset_type for r in card.eval_results} == {"text"} and card.datasets is None  # local files: no id
 
 
 def test_training_converts_with_the_default_recipe(workspace, tmp_path):
