@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,41 @@ def test_convert_dtype_and_kv_init(src, tmp_path):
         pooled = hav.convert(source, "mqa", kv_init=kv_init).to(torch.bfloat16)
         key = "model.layers.0.self_attn.k_proj.weight"
         assert not torch.equal(model.state_dict()[key], pooled.state_dict()[key]), kv_init
+
+
+def test_kv_init_random_typed_at_the_console_is_applied(src, tmp_path):
+    """``hf-attn-variants convert SRC OUT --variant mqa --kv-init random`` as a user types it: each K/V weight is
+    drawn afresh, ``randn`` from the default seed 0 plus the CRC-32 of its key, scaled by the source rows' standard
+    deviation (``families/base.py`` ``_regroup``, ``heads.py`` ``regroup_kv_heads``), and the config says so."""
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(exe), "convert", str(src), str(out), "--variant", "mqa", "--kv-init", "random"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"wrote {out} (K/V heads: random)\n"
+    recipe = json.loads((out / "config.json").read_text())["attn_variant_recipe"]
+    assert recipe == {"kv_init": "random", "kv_init_seed": 0, "preset": None, "grouping": "contiguous",
+                      "fit": False, "sequential": False, "refine_steps": 0, "refine_lr": 0.0001}  # fmt: skip
+    converted = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    source = transformers.AutoModelForCausalLM.from_pretrained(src)
+    mean = hav.convert(source, "mqa", kv_init="mean").state_dict()
+    in_memory = hav.convert(source, "mqa", kv_init="random").state_dict()  # the Python API, the same default seed
+    kv_keys = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "kv"]
+    for key in kv_keys:
+        rows = source.state_dict()[key]  # (4 K/V heads * head_dim 8, hidden 64)
+        generator = torch.Generator().manual_seed(0 + zlib.crc32(key.encode()))
+        expected = torch.randn((1 * 8, 64), generator=generator) * rows.std()
+        assert torch.equal(converted[key], expected), key
+        assert torch.equal(converted[key], in_memory[key]), key
+        assert not torch.allclose(converted[key], mean[key]), key
+    assert len({converted[key].flatten()[0].item() for key in kv_keys}) == 4  # one draw per key, not one per model
+    for key, tensor in converted.items():  # every other weight is the source's, bit for bit
+        if key not in kv_keys:
+            assert torch.equal(tensor, source.state_dict()[key]), key
 
 
 def test_kv_cache_table_and_json(src, capsys):
