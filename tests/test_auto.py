@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import transformers
 
 import hf_attn_variants as hav
 
-from .conftest import FAMILIES, HEADS, NO_SDPA, tiny_model
+from .conftest import FAMILIES, HEADS, NO_SDPA, PLUGIN, tiny_model
 
 
 def logits(model, input_ids):
@@ -104,14 +106,23 @@ def test_num_key_value_heads_alone_names_the_variant():
         ),
         (
             dict(attn_variant="gqa", num_key_value_heads=3),
-            "num_key_value_heads=3 does not divide num_attention_heads=8",
+            "num_key_value_heads=3 does not divide num_attention_heads=8; valid choices for attn_variant='gqa': [2, 4]",
         ),
         (
             dict(attn_variant="gqa", num_key_value_heads=16),
-            "num_key_value_heads=16 is not between 1 and num_attention_heads=8",
+            "num_key_value_heads=16 is not between 1 and num_attention_heads=8; valid choices for attn_variant='gqa': "
+            "[2, 4]",
         ),
-        (dict(attn_variant="gqa", num_key_value_heads=8), "makes MHA, not GQA"),
-        (dict(attn_variant="mqa", num_key_value_heads=2), "attn_variant='mqa' means num_key_value_heads=1"),
+        (
+            dict(attn_variant="gqa", num_key_value_heads=8),
+            "num_key_value_heads=8 makes MHA, not GQA, with num_attention_heads=8; valid choices for "
+            "attn_variant='gqa': [2, 4]",
+        ),
+        (
+            dict(attn_variant="mqa", num_key_value_heads=2),
+            "attn_variant='mqa' means num_key_value_heads=1 for 8 query heads, got num_key_value_heads=2; use "
+            "attn_variant='gqa' for other counts",
+        ),
         (
             dict(attn_variant="mqa", kv_init="median"),
             "kv_init='median' is not one of ['auto', 'fast', 'best', 'mean', 'first', 'random', 'aligned', 'svd']",
@@ -128,34 +139,41 @@ def test_bad_variant_requests_raise_before_loading_weights(saved, kwargs, messag
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(no_weights))
     with pytest.raises(ValueError) as err:
         hav.AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    assert message in str(err.value)
+    assert str(err.value) == message
 
 
 def test_unsupported_family_lists_the_supported_ones(tmp_path):
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    with pytest.raises(
-        ValueError, match=r"model_type 'bert' is not supported by hf_attn_variants; supported: \[.*'llama'"
-    ):
+    supported = hav.supported_model_types()
+    assert set(FAMILIES) | {f"attn_variant_{f}" for f in PLUGIN} <= set(supported)
+    message = f"model_type 'bert' is not supported by hf_attn_variants; supported: {sorted(supported)}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         hav.AttnVariantConfig.from_base(config, "mqa")
-    with pytest.raises(ValueError, match="'bert' is not supported"):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         hav.convert(transformers.BertModel(config), "mqa")
 
 
 def test_gpt2_cross_attention_is_refused():
     from .conftest import tiny_config
 
-    with pytest.raises(ValueError, match="add_cross_attention=True is not supported"):
+    with pytest.raises(
+        ValueError,
+        match="^GPT-2 with add_cross_attention=True is not supported: only its self-attention can be converted$",
+    ):
         hav.AttnVariantConfig.from_base(tiny_config("gpt2", add_cross_attention=True), "mqa")
 
 
 def test_register_family_validates():
     from hf_attn_variants.families import NativeFamily, PluginFamily
 
-    with pytest.raises(ValueError, match="a family named 'llama' is already registered"):
+    with pytest.raises(ValueError, match="^a family named 'llama' is already registered$"):
         hav.register_family(NativeFamily("llama", ("llama",)))
-    with pytest.raises(ValueError, match=r"model_type \['mistral'\] already belongs to 'mistral'"):
+    with pytest.raises(ValueError, match=r"^family 'other': model_type \['mistral'\] already belongs to 'mistral'$"):
         hav.register_family(NativeFamily("other", ("mistral",)))
-    with pytest.raises(ValueError, match="does not declare"):
+    missing = (
+        "['attention', 'qkv', 'out_proj', 'attention_class', 'config_class', 'model_classes', 'attention_scaling']"
+    )
+    with pytest.raises(ValueError, match=f"^plugin family 'opt-incomplete' does not declare {re.escape(missing)}$"):
         hav.register_family(PluginFamily("opt-incomplete", ("opt",)))
-    with pytest.raises(ValueError, match="covers no model_type"):
+    with pytest.raises(ValueError, match="^family 'empty' covers no model_type$"):
         hav.register_family(NativeFamily("empty", ()))

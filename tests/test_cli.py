@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -85,10 +86,48 @@ def test_convert_dtype_and_kv_init(src, tmp_path):
     assert (recorded["kv_init"], recorded["kv_init_seed"], recorded["preset"]) == ("random", 1, None)
     # random was applied: fresh K/V weights, neither the mean nor the first head of the source
     source = transformers.AutoModelForCausalLM.from_pretrained(src)
+    key = "model.layers.0.self_attn.k_proj.weight"
     for kv_init in ("mean", "first"):
         pooled = hav.convert(source, "mqa", kv_init=kv_init).to(torch.bfloat16)
-        key = "model.layers.0.self_attn.k_proj.weight"
         assert not torch.equal(model.state_dict()[key], pooled.state_dict()[key]), kv_init
+    # drawn with seed 1 in float32, then cast: the Python API's result in bfloat16, bit for bit
+    drawn = hav.convert(source, "mqa", kv_init="random", seed=1).to(torch.bfloat16)
+    assert torch.equal(model.state_dict()[key], drawn.state_dict()[key])
+
+
+def test_kv_init_random_typed_at_the_console_is_applied(src, tmp_path):
+    """``hf-attn-variants convert SRC OUT --variant mqa --kv-init random`` as a user types it: each K/V weight is
+    drawn afresh, ``randn`` from the default seed 0 plus the CRC-32 of its key, scaled by the source rows' standard
+    deviation (``families/base.py`` ``_regroup``, ``heads.py`` ``regroup_kv_heads``), and the config says so."""
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [str(exe), "convert", str(src), str(out), "--variant", "mqa", "--kv-init", "random"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == f"wrote {out} (K/V heads: random; weights float32)\n"
+    recipe = json.loads((out / "config.json").read_text())["attn_variant_recipe"]
+    assert recipe == {"kv_init": "random", "kv_init_seed": 0, "preset": None, "grouping": "contiguous",
+                      "fit": False, "sequential": False, "refine_steps": 0, "refine_lr": 0.0001}  # fmt: skip
+    converted = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    source = transformers.AutoModelForCausalLM.from_pretrained(src)
+    mean = hav.convert(source, "mqa", kv_init="mean").state_dict()
+    in_memory = hav.convert(source, "mqa", kv_init="random").state_dict()  # the Python API, the same default seed
+    kv_keys = [f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "kv"]
+    for key in kv_keys:
+        rows = source.state_dict()[key]  # (4 K/V heads * head_dim 8, hidden 64)
+        generator = torch.Generator().manual_seed(0 + zlib.crc32(key.encode()))
+        expected = torch.randn((1 * 8, 64), generator=generator) * rows.std()
+        assert torch.equal(converted[key], expected), key
+        assert torch.equal(converted[key], in_memory[key]), key
+        assert not torch.allclose(converted[key], mean[key]), key
+    assert len({converted[key].flatten()[0].item() for key in kv_keys}) == 4  # one draw per key, not one per model
+    for key, tensor in converted.items():  # every other weight is the source's, bit for bit
+        if key not in kv_keys:
+            assert torch.equal(tensor, source.state_dict()[key]), key
 
 
 def test_kv_cache_table_and_json(src, capsys):
@@ -115,13 +154,20 @@ def test_kv_cache_table_and_json(src, capsys):
     assert [row["source"] for row in report["variants"]] == [False, True, False, False]
     assert run("kv-cache", src, "--variants", "mha,mqa") == 0
     table = capsys.readouterr().out
-    assert "MHA-8" in table and "MQA" in table and "0.125" in table
+    # 2 layers x (k, v) x heads x head_dim 8 x 2 bytes (the default bfloat16) a token, at 4096 tokens x batch 1
+    assert table.splitlines() == [
+        f"KV cache of {src}: 4096 tokens x batch 1, bfloat16",
+        "variant    K/V heads    per token        total  vs MHA",
+        "MHA-8              8        512 B     2.00 MiB   1.000",
+        "MQA                1         64 B   256.00 KiB   0.125",
+    ]
 
 
 def test_console_script_is_installed(src):
     exe = Path(sys.executable).parent / "hf-attn-variants"
     result = subprocess.run([str(exe), "kv-cache", str(src), "--variants", "mqa"], capture_output=True, text=True)
-    assert result.returncode == 0 and "MQA" in result.stdout, result.stderr
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "MQA                1         64 B   256.00 KiB   0.125"
 
 
 # runs the installed console script in a fresh process and prints its exit status and what it imported
@@ -179,18 +225,35 @@ def test_train_help_lists_the_project_options_before_trainers():
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--variant", "mla"], "invalid choice: 'mla'"),
+        (
+            ["--variant", "mla"],
+            "argument --variant/--attn-variant: invalid choice: 'mla' (choose from 'mha', 'gqa', 'mqa')",
+        ),
         (["--variant", "gqa"], "attn_variant='gqa' needs num_key_value_heads; valid choices for 8 query heads: [2, 4]"),
-        (["--variant", "gqa", "--num-kv-heads", "3"], "num_key_value_heads=3 does not divide num_attention_heads=8"),
-        (["--variant", "gqa", "--num-kv-heads", "9"], "num_key_value_heads=9 is not between 1 and"),
-        (["--variant", "mqa", "--kv-init", "median"], "invalid choice: 'median'"),
-        (["--variant", "mqa", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (
+            ["--variant", "gqa", "--num-kv-heads", "3"],
+            "num_key_value_heads=3 does not divide num_attention_heads=8; valid choices for attn_variant='gqa': [2, 4]",
+        ),
+        (
+            ["--variant", "gqa", "--num-kv-heads", "9"],
+            "num_key_value_heads=9 is not between 1 and num_attention_heads=8; valid choices for attn_variant='gqa': "
+            "[2, 4]",
+        ),
+        (
+            ["--variant", "mqa", "--kv-init", "median"],
+            "argument --kv-init: invalid choice: 'median' (choose from 'auto', 'fast', 'best', 'mean', 'first', "
+            "'random', 'aligned', 'svd')",
+        ),
+        (
+            ["--variant", "mqa", "--dtype", "int8"],
+            "argument --dtype: invalid choice: 'int8' (choose from 'auto', 'float32', 'bfloat16', 'float16')",
+        ),
     ],
 )
 def test_bad_arguments_exit_2_and_write_nothing(src, tmp_path, capsys, argv, message):
     before = digest(src)
     assert run("convert", src, tmp_path / "out", *argv) == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == f"hf-attn-variants convert: error: {message}"
     assert not (tmp_path / "out").exists() and digest(src) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -210,10 +273,16 @@ def test_existing_out_is_refused_unless_overwrite(src, tmp_path, capsys):
     out.mkdir()
     (out / "precious.txt").write_text("work")
     assert run("convert", src, out, "--variant", "mqa") == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hf-attn-variants convert: error: OUT '{out}' exists; pass --overwrite (overwrite=True) to replace it"
+    )
     assert (out / "precious.txt").read_text() == "work"
     assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 2  # not a model folder: never replaced
-    assert "does not look like a model folder (it holds 'precious.txt'" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hf-attn-variants convert: error: OUT '{out}' does not look like a model folder (it holds 'precious.txt', "
+        "which a conversion does not write); --overwrite only replaces a folder of config, tokenizer, *.safetensors "
+        "and README.md files: remove it yourself or choose another OUT"
+    )
     assert (out / "precious.txt").read_text() == "work"
     (out / "precious.txt").unlink()
     (out / "config.json").write_text("{}")  # a model folder (tests/test_output_safety.py has the rule's cases)
@@ -226,12 +295,18 @@ def test_out_equal_to_or_inside_src_is_refused(src, capsys, where):
     before = digest(src)
     out = src if where == "same" else src / "converted"
     assert run("convert", src, out, "--variant", "mqa", "--overwrite") == 2
-    assert "is or lies inside the source" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hf-attn-variants convert: error: OUT '{out}' is or lies inside the source '{src}'; choose another folder"
+    )
     assert digest(src) == before
 
 
 def test_missing_source_exits_2(tmp_path, capsys):
     assert run("convert", tmp_path / "nowhere", tmp_path / "out", "--variant", "mqa") == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hf-attn-variants convert: error: '{tmp_path / 'nowhere'}' does not exist: no such folder (a source is a "
+        "model folder, a hub id such as 'org/name', or 'smollm2')"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -242,7 +317,11 @@ def test_pickled_checkpoint_is_refused(src, tmp_path, capsys):
     (pickled / "model.safetensors").unlink()
     torch.save(state, pickled / "pytorch_model.bin")
     assert run("convert", pickled, tmp_path / "out", "--variant", "mqa") == 2
-    assert "safetensors" in capsys.readouterr().err
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"hf-attn-variants convert: error: '{pickled}' holds only pickled weights ['pytorch_model.bin'], which can "
+        "run code when loaded; they are refused: save the model with safetensors "
+        "(model.save_pretrained(..., safe_serialization=True))"
+    )
     assert not (tmp_path / "out").exists()
 
 

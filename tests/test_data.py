@@ -1,6 +1,7 @@
 """The dataset API: local files of each type, the default prose, packing into blocks, the held-out split."""
 
 import json
+import re
 
 import pytest
 
@@ -32,24 +33,25 @@ def test_local_files_of_each_type(tmp_path):
 @pytest.mark.parametrize(
     "name, content, kwargs, message",
     [
-        ("x.csv", "a,b", {}, "'.csv' is not one of"),
-        ("x.jsonl", '{"body": "a"}', {}, "has no column 'text'"),
-        ("x.jsonl", '{"text": "  "}', {}, "has no text"),
-        ("x.txt", "\n\n\n", {}, "has no text"),
+        ("x.csv", "a,b", {}, "data file '{path}': type '.csv' is not one of ['.json', '.jsonl', '.parquet', '.txt']"),
+        ("x.jsonl", '{"body": "a"}', {}, "dataset '{path}' has no column 'text'; its columns are ['body']"),
+        ("x.jsonl", '{"text": "  "}', {}, "dataset '{path}' has no text in column 'text'"),
+        ("x.txt", "\n\n\n", {}, "dataset '{path}' has no text in column 'text'"),
     ],
 )
 def test_bad_datasets_name_the_problem(tmp_path, name, content, kwargs, message):
     (tmp_path / name).write_text(content)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message.format(path=tmp_path / name))}$"):
         load_texts(data_files=[str(tmp_path / name)], **kwargs)
 
 
 def test_missing_and_mixed_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    missing = f"data file '{tmp_path / 'nope.txt'}' does not exist"
+    with pytest.raises(FileNotFoundError, match=f"^{re.escape(missing)}$"):
         load_texts(data_files=[str(tmp_path / "nope.txt")])
     (tmp_path / "a.txt").write_text("a")
     (tmp_path / "b.jsonl").write_text('{"text": "b"}')
-    with pytest.raises(ValueError, match="mix types"):
+    with pytest.raises(ValueError, match=r"^data files mix types \['json', 'text'\]; give files of one type$"):
         load_texts(data_files=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl")])
 
 
@@ -63,7 +65,10 @@ def test_pack_joins_documents_with_eos_and_cuts_equal_blocks():
     stream += tok("k")["input_ids"] + [tok.eos_token_id]
     assert blocks["input_ids"] == [stream[0:4], stream[4:8], stream[8:12]]  # 14 tokens: the last 2 dropped
     assert blocks["labels"] == blocks["input_ids"]
-    with pytest.raises(ValueError, match="fewer than block_size=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the text holds 14 tokens, fewer than block_size=64 \(one block\); give a smaller block_size or more text$",
+    ):
         pack(ds, tok, block_size=64)
 
 
@@ -74,7 +79,7 @@ def test_split_holds_out_the_last_blocks():
     train, held_out = split_blocks(blocks, 0.2)
     assert train["input_ids"] == [[i] for i in range(8)] and held_out["input_ids"] == [[8], [9]]
     assert len(split_blocks(blocks, 0.5, max_eval_blocks=3)[1]) == 3
-    with pytest.raises(ValueError, match="eval_fraction 1.5"):
+    with pytest.raises(ValueError, match="^eval_fraction 1.5 must lie strictly between 0 and 1$"):
         split_blocks(blocks, 1.5)
-    with pytest.raises(ValueError, match="nothing left to train"):
+    with pytest.raises(ValueError, match="^only 1 blocks: nothing left to train on after holding out 1$"):
         split_blocks(blocks.select(range(1)), 0.5)

@@ -107,7 +107,7 @@ def test_bad_head_counts_raise_with_the_valid_choices(args, message):
 def test_split_fused_blocks():
     q, k, v = split_fused(torch.arange(10), [6, 2, 2])
     assert q.tolist() == list(range(6)) and k.tolist() == [6, 7] and v.tolist() == [8, 9]
-    with pytest.raises(ValueError, match="expected 11 = 6 \\+ 3 \\+ 2"):
+    with pytest.raises(ValueError, match=r"^fused projection has 10 rows along dim 0, expected 11 = 6 \+ 3 \+ 2$"):
         split_fused(torch.arange(10), [6, 3, 2])
 
 
@@ -158,9 +158,14 @@ def test_grouped_qkv_keeps_columns_and_checks_row_counts():
     q, k, v = split_grouped_qkv(weight, 4, 4)
     assert q.shape == k.shape == v.shape == (8, 3)
     assert torch.equal(k[:2], weight[2:4]) and torch.equal(v[2:4], weight[10:12])
-    with pytest.raises(ValueError, match=r"23 rows, not a multiple of num_heads \+ 2 \* num_kv_heads = 4 \+ 2 \* 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"^fused projection has 23 rows, not a multiple of num_heads \+ 2 \* num_kv_heads = 4 \+ 2 \* 4 = 12$",
+    ):
         split_grouped_qkv(weight[:23], 4, 4)
-    with pytest.raises(ValueError, match="num_key_value_heads=3 must divide num_attention_heads=4"):
+    with pytest.raises(
+        ValueError, match=r"^num_key_value_heads=3 must divide num_attention_heads=4; valid choices: \[1, 2, 4\]$"
+    ):
         split_grouped_qkv(weight, 4, 3)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import re
 import socket
 import sys
 
@@ -180,7 +181,10 @@ def test_llama_small_stride_differs_only_through_context(llama):
     disjoint = windowed_token_scores(llama, tokenizer, [TEXT], max_length=16, stride=16)
     overlapping = windowed_token_scores(llama, tokenizer, [TEXT], max_length=16, stride=4, batch_size=3)
     assert disjoint["count"] == overlapping["count"] == len(TEXT)
-    assert math.isfinite(disjoint["nll_sum"]) and math.isfinite(overlapping["nll_sum"])
+    for scores, stride in ((disjoint, 16), (overlapping, 4)):  # each token scored once, from its window's context
+        expected = reference_scores(llama, stream(tokenizer, [TEXT], True), 16, stride)
+        assert scores["correct"] == expected["correct"]
+        assert scores["nll_sum"] == pytest.approx(expected["nll_sum"], rel=1e-5)
     assert disjoint["nll_sum"] != pytest.approx(overlapping["nll_sum"], rel=1e-4)  # more context, other scores
     # a stream no longer than one window leaves the stride nothing to change
     short = [TEXT[:15]]
@@ -204,28 +208,30 @@ def test_llama_default_window_is_its_max_positions_and_training_mode_is_restored
 
 
 def test_metric_path_rejects_unknown_names():
-    with pytest.raises(ValueError, match=r"'bleu'.*perplexity.*next_token_accuracy"):
+    with pytest.raises(
+        ValueError, match=r"^unknown metric 'bleu'; choose one of \['perplexity', 'next_token_accuracy'\]$"
+    ):
         metric_path("bleu")
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(max_length=1), "max_length=1"),
-        (dict(max_length=8, stride=0), "stride=0"),
-        (dict(max_length=8, stride=9), "stride=9"),
-        (dict(batch_size=0), "batch_size=0"),
+        (dict(max_length=1), "max_length=1 must be at least 2"),
+        (dict(max_length=8, stride=0), "stride=0 must be between 1 and max_length=8"),
+        (dict(max_length=8, stride=9), "stride=9 must be between 1 and max_length=8"),
+        (dict(batch_size=0), "batch_size=0 must be at least 1"),
     ],
 )
 def test_bad_window_arguments_raise(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         windowed_token_scores(uniform_lm(), char_tokenizer(), [TEXT], **kwargs)
 
 
 def test_bad_streams_raise():
-    with pytest.raises(ValueError, match="add_start_token=True"):
+    with pytest.raises(ValueError, match="^add_start_token=True but the tokenizer has no bos_token$"):
         windowed_token_scores(uniform_lm(), char_tokenizer(bos=False), [TEXT], add_start_token=True)
-    with pytest.raises(ValueError, match="1 token"):
+    with pytest.raises(ValueError, match=r"^the texts make 1 token\(s\); scoring needs at least 2$"):
         windowed_token_scores(uniform_lm(), char_tokenizer(bos=False), ["a"])
     # without a BOS token by default, the first text token is not scored
     assert windowed_token_scores(uniform_lm(), char_tokenizer(bos=False), ["ab"])["count"] == 1
@@ -265,5 +271,5 @@ def test_metrics_match_the_scoring_function_and_accumulate_batches(offline, llam
     accuracy = load_metric("next_token_accuracy", keep_in_memory=True)
     result = accuracy.compute(predictions=texts, model=llama, tokenizer=tokenizer, max_length=16, stride=4)
     assert result["next_token_accuracy"] == scores["correct"] / scores["count"]
-    with pytest.raises(ValueError, match="stride=0"):
+    with pytest.raises(ValueError, match="^stride=0 must be between 1 and max_length=64$"):  # llama's positions
         accuracy.compute(predictions=texts, model=llama, tokenizer=tokenizer, stride=0)

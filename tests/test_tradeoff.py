@@ -42,8 +42,8 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
     assert cli.main([str(a) for a in argv + SMALL]) == 0
     printed = capsys.readouterr().out
     assert "| Variant | Latency" in printed and "MQA" in printed
-    for name in FILES:
-        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == sorted(FILES)
+    assert (out / "tradeoff.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")  # a PNG image, not an empty file
     summary = json.loads((out / "tradeoff.json").read_text())
     rows = summary["variants"]
     assert [r["variant"] for r in rows] == ["MHA-8", "GQA-4", "GQA-2", "MQA"]
@@ -54,14 +54,24 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
         assert r["kv_bytes_per_token"] == kv_cache_bytes_per_token(config_dims[0], r["num_key_value_heads"],
                                                                    config_dims[1], 4)  # fmt: skip
         assert r["kv_bytes_at_context"] == r["kv_bytes_per_token"] * 128
-        assert 1 < r["perplexity"] < 1000 and 0 <= r["next_token_accuracy"] <= 1
+        assert r["kv_fraction_of_mha"] == r["kv_bytes_per_token"] / rows[0]["kv_bytes_per_token"]
+        assert r["kv_fraction_of_mha"] == r["num_key_value_heads"] / 8
+        assert 1 < r["perplexity"] < 1000  # a random model: near the vocabulary's 100, not NaN or inf
         assert r["scored_tokens"] == 4 * 32 - 1
-        assert r["uptraining"]["steps"] == 2
-        assert 0 <= r["lm_eval"]["hav_pydoc_next_word"]["acc"] <= 1
-        assert r["decode_ratio"]["median"] > 0 and r["prefill_ratio"]["median"] > 0
+        hits = r["next_token_accuracy"] * r["scored_tokens"]  # the accuracy is a count of hits over the tokens
+        assert hits == pytest.approx(round(hits), abs=1e-9) and 0 <= round(hits) <= r["scored_tokens"]
+        assert r["uptraining"]["steps"] == 2 and r["uptraining"]["tokens"] == 2 * 2 * 32  # steps x batch x block
+        lm_eval = r["lm_eval"]["hav_pydoc_next_word"]
+        assert lm_eval["sample_len"] == 4
+        for metric in ("acc", "acc_norm"):  # k of 4 documents right, and the sample standard error of that mean
+            p = lm_eval[metric]
+            assert p * 4 == round(p * 4)
+            assert lm_eval[f"{metric}_stderr"] == pytest.approx((p * (1 - p) / (4 - 1)) ** 0.5)
+        for ratio in (r["decode_ratio"], r["prefill_ratio"]):  # timings: noisy, but quartiles are ordered
+            assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
         assert r["decode_cache_bytes"] == r["kv_bytes_per_token"] * 2 * 65  # batch 2, context + 1 slots
-        assert r["decode_peak_bytes"] is not None and r["decode_peak_bytes"] >= 0
-    assert rows[0]["decode_ratio"]["median"] == 1.0
+        assert isinstance(r["decode_peak_bytes"], int) and r["decode_peak_bytes"] >= 0  # RSS on Linux: measured
+    assert rows[0]["decode_ratio"] == rows[0]["prefill_ratio"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}  # MHA / MHA
     # the default recipe (auto -> best, calibrated on the training blocks) made the variants with fewer K/V heads
     for r in rows[2:]:
         assert (r["recipe"]["kv_init"], r["recipe"]["preset"]) == ("svd", "auto -> best")
@@ -103,21 +113,27 @@ def test_tradeoff_end_to_end(tiny, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--variants", "gqa:3"], "3"),
-        (["--variants", "xqa"], "xqa"),
-        (["--rounds", "0"], "rounds 0"),
-        (["--uptrain-steps", "-1"], "uptrain_steps -1"),
-        (["--data-files", "missing.txt"], "missing.txt"),
+        (
+            ["--variants", "gqa:3"],
+            "num_key_value_heads=3 does not divide num_attention_heads=8; valid choices for attn_variant='gqa': [2, 4]",
+        ),
+        (["--variants", "xqa"], "variant 'xqa' is not one of ['mha', 'gqa', 'mqa'] (write GQA as gqa:G)"),
+        (["--rounds", "0"], "rounds 0 must be at least 1"),
+        (["--uptrain-steps", "-1"], "uptrain_steps -1 must be 0 or more"),
+        (["--data-files", "missing.txt"], "data file 'missing.txt' does not exist"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
     argv = ["tradeoff", str(tiny / "llama"), "--out", str(out), *SMALL, *extra]
     assert cli.main(argv) == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(f"hf-attn-variants tradeoff: error: {message}\n")
     assert not out.exists() and not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
 def test_out_inside_the_source_is_refused(tiny, capsys):
     assert cli.main(["tradeoff", str(tiny / "llama"), "--out", str(tiny / "llama" / "t"), *SMALL]) == 2
-    assert "inside the source" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith(
+        f"hf-attn-variants tradeoff: error: OUT '{tiny / 'llama' / 't'}' is or lies inside the source "
+        f"'{tiny / 'llama'}'; choose another folder\n"
+    )
