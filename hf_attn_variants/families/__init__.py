@@ -11,11 +11,13 @@ from .gptj import GPTJ
 from .native import NATIVE_FAMILIES
 from .opt import OPT
 from .registry import (
+    derived_families_table,
     families,
     families_table,
     family_for,
     refuse_model_types,
     refused_model_types,
+    refused_table,
     register_family,
     supported_model_types,
 )
@@ -45,10 +47,12 @@ __all__ = [
     "PluginFamily",
     "families",
     "families_table",
+    "derived_families_table",
     "family_for",
     "hand_written_model_types",
     "refuse_model_types",
     "refused_model_types",
+    "refused_table",
     "register_family",
     "supported_model_types",
 ]

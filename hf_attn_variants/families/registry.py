@@ -102,12 +102,51 @@ def family_for(config) -> FamilyAdapter:
 
 
 def families_table() -> str:
-    """The README's table of supported families, as Markdown, generated from the registry."""
+    """The README's table of supported families, as Markdown, generated from the registry: a row per hand-written
+    family, one row for the families derived from transformers (``derived_families_table`` has theirs)."""
     lines = ["| family | model_type | saved as | q/k/v projections | notes |", "|---|---|---|---|---|"]
+    derived = [f for f in families() if _derived(f)]
     for family in families():
-        types = ", ".join(f"`{t}`" for t in family.model_types)
-        lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+        if not _derived(family):
+            types = ", ".join(f"`{t}`" for t in family.model_types)
+            lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+    if derived:
+        types = ", ".join(f"`{t}`" for f in derived for t in f.model_types)
+        lines.append(
+            f"| derived ({len(derived)}) | {types} | {derived[0].saved_as} | separate (read off transformers' "
+            "modules) | each proven by tests/test_derived_families.py; per type: [docs/families.md](docs/families.md) |"
+        )
     return "\n".join(lines)
+
+
+def derived_families_table() -> str:
+    """The table of the families derived from transformers, as Markdown: what each one's modules hold."""
+    lines = [
+        "| model_type | q/k/v projections | output | K-shaped norms | per-query-head | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family in families():
+        if _derived(family):
+            qkv = family.layout if family.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
+            sliced = ", ".join(f"`{n}`" for n in (*family.head_sliced, *family.fixed_heads))
+            kv_shaped = ", ".join(f"`{n}`" for n in family.kv_shaped)
+            lines.append(
+                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {family.notes} |"
+            )
+    return "\n".join(lines)
+
+
+def refused_table() -> str:
+    """The table of the causal-LM model types of transformers that no family covers, with the reasons."""
+    lines = ["| model_type | why it is refused |", "|---|---|"]
+    lines += [f"| `{t}` | {reason} |" for t, reason in refused_model_types().items()]
+    return "\n".join(lines)
+
+
+def _derived(family) -> bool:
+    from .generic import DerivedFamily, DerivedFusedFamily
+
+    return isinstance(family, (DerivedFamily, DerivedFusedFamily))
 
 
 def variant_config_class(family: PluginFamily) -> type:
