@@ -3,7 +3,7 @@
 For each model type: MHA->MHA reproduces the logits bit for bit; GQA->MHA expansion reproduces them (within float
 rounding where a norm spans the K projection); mean pooling of K/V heads that are equal within each group is exact;
 the cache of a converted model holds its G K/V heads; and ONE fresh process that never imports the plugin reloads
-every saved variant with plain ``transformers.AutoModelForCausalLM`` and gets the same logits. Derived families are
+every saved MQA variant with plain ``transformers.AutoModelForCausalLM`` and gets the same logits. Derived families are
 ``hf_attn_variants/families/derived.py``, written by ``scripts/derive_families.py``; the tests below also check that
 it is what the derivation gives today and that every causal-LM model type of transformers is supported or refused.
 """
@@ -102,15 +102,14 @@ open(sys.argv[2], "w").write(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def reloads(tmp_path_factory):
-    """What plain transformers found, in one process, for every derived type x {GQA-2 pooled from MHA, MQA}."""
+    """What plain transformers found, in one process, for the MQA variant (pooled from MHA) of every derived type."""
     root = tmp_path_factory.mktemp("derived-reload")
     ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(1))
     cases = []
     for model_type in DERIVED:
-        source = mha_source(model_type)
-        for kv in (2, 1):
+        for kv in (1,):  # GQA-2 reloads the same way (only the config's count differs); kept to MQA for CI time
             folder = root / f"{model_type}-{kv}"
-            model = hav.convert(source, None, kv)
+            model = hav.convert(mha_source(model_type), None, kv)
             model.save_pretrained(folder)
             save_file({"input_ids": ids, "logits": logits(model, ids)}, str(folder / "expected.safetensors"))
             cases.append(
@@ -126,12 +125,11 @@ def reloads(tmp_path_factory):
     return json.loads((root / "results.json").read_text())
 
 
-@pytest.mark.parametrize("kv", [2, 1])
 @pytest.mark.parametrize("model_type", DERIVED)
-def test_variant_reloads_with_plain_transformers(reloads, model_type, kv):
-    found = reloads[f"{model_type}/{kv}"]
+def test_variant_reloads_with_plain_transformers(reloads, model_type):
+    found = reloads[f"{model_type}/1"]
     own = transformers.AutoModelForCausalLM._model_mapping[type(tiny_model(model_type).config)].__name__
-    assert found == {"class": own, "num_key_value_heads": kv, "equal": True}
+    assert found == {"class": own, "num_key_value_heads": 1, "equal": True}
 
 
 def test_derived_py_is_what_the_derivation_gives():

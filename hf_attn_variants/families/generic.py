@@ -1,12 +1,18 @@
-"""Families derived from transformers itself: a tiny random model of a model_type, read for the native pattern.
+"""Families derived from transformers itself: a tiny model of a model_type, read for the native pattern.
 
-A model type whose config holds ``num_key_value_heads`` and whose decoder layers each have an attention module
-with separate ``q_proj``/``k_proj``/``v_proj``/``o_proj`` (or a fused ``[q | k | v]`` ``qkv_proj``) is the same
-case as Llama: a variant is the family's own model with fewer K/V heads, and conversion only regroups K/V rows.
-``derive`` builds a tiny model of the type on the meta device and reads the declaration off its modules and
-shapes (which projections change with the K/V heads, which norms have one slice per K/V head); it returns
-the reason where the type departs from the pattern. ``scripts/derive_families.py`` writes the declarations of
-every type that also passes the equivalence matrix of ``tests/test_derived_families.py`` to ``derived.py``.
+A model type whose config holds ``num_key_value_heads`` and whose decoder layers each have one attention class
+with separate ``q_proj``/``k_proj``/``v_proj`` and an output projection (or a fused ``[q | k | v]`` ``qkv_proj``)
+is the same case as Llama: a variant is the family's own model with fewer K/V heads, and conversion only
+regroups K/V rows. ``derive_declaration`` builds tiny models of the type on the meta device, with 2 K/V heads and
+with 1, and reads the declaration off their modules and shapes (which tensors change with the K/V heads, which
+norms have one slice per K/V head or per query head); where the type departs from the pattern it raises
+``Refused`` with the reason. ``scripts/derive_families.py`` writes every type's verdict to ``derived.py``, and
+``tests/test_derived_families.py`` proves each derived type (exact identity, expansion and pooling, the cache,
+reload by plain transformers).
+
+Why a checked-in list rather than a derivation at ``family_for`` time: a structural match is not a proof.
+``family_for`` stays a dictionary lookup, every type it accepts is one the test matrix proves, and a model type
+newer than the list is refused by name until it is derived and proven.
 """
 
 from __future__ import annotations
