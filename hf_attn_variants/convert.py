@@ -190,9 +190,15 @@ def check_merge_options(family, recipe: KVRecipe) -> None:
     """Refuse what this family cannot do with ``recipe``, naming the valid choices."""
     if recipe.grouping == "similarity" and not family.permutable:
         raise ValueError(
-            f"grouping='similarity' reorders query heads, which {family.name} cannot do (its ALiBi slopes belong "
-            "to head positions); use grouping='contiguous'"
+            f"grouping='similarity' reorders query heads, which {family.name} cannot do (its "
+            f"{_fixed_heads(family)} belong to head positions); use grouping='contiguous'"
         )
+
+
+def _fixed_heads(family) -> str:
+    """What ties a family's query heads to their positions, for the error."""
+    fixed = getattr(family, "fixed_heads", ())
+    return f"per-head {', '.join(fixed)}" if fixed else "ALiBi slopes"
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
+from hf_attn_variants.families import generic
 from hf_attn_variants.kv_cache import cache_nbytes
 
 VOCAB = 96
@@ -58,6 +59,11 @@ def family_attn(families=None) -> list:
 
 
 def tiny_config(family: str, num_key_value_heads: int | None = None, **overrides):
+    """A tiny config of a family in ``TINY``, or of any other model_type (4 query heads, 2 K/V heads: see
+    ``hf_attn_variants.families.generic.tiny_config``)."""
+    if family not in TINY:
+        kv = {} if num_key_value_heads is None else {"num_key_value_heads": num_key_value_heads}
+        return generic.tiny_config(family, **kv, **overrides)
     config_class, extra = TINY[family]
     if config_class is transformers.GPT2Config:
         values = dict(
@@ -121,9 +127,10 @@ NO_CPU_FLEX = {f for f in FAMILIES if not variant_class(f)._supports_flex_attn} 
 def tiny_model(family: str, attn_implementation: str = "eager", seed: int = 0, **config_kwargs):
     """A randomly initialised tiny causal LM, in eval mode; biases made non-zero so they are tested too."""
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(
-        tiny_config(family, **config_kwargs), attn_implementation=attn_implementation
-    )
+    with generic.quiet():  # derived families' tiny configs have sizes transformers warns about
+        model = transformers.AutoModelForCausalLM.from_config(
+            tiny_config(family, **config_kwargs), attn_implementation=attn_implementation
+        )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("bias"):

@@ -1,12 +1,27 @@
-"""The README's table of families is the registry's."""
+"""The README's table of families and docs/families.md's tables are the registry's."""
 
 from pathlib import Path
 
-from hf_attn_variants.families import families_table
+import pytest
+
+from hf_attn_variants.families import derived_families_table, families_table, refused_table
+
+ROOT = Path(__file__).parents[1]
+
+
+def generated_block(text: str, name: str) -> str:
+    start = text.index(f"<!-- {name}")
+    return text[text.index("\n", start) + 1 : text.index(f"<!-- /{name} -->")].strip()
 
 
 def test_readme_families_table_matches_the_registry():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    start = readme.index("<!-- families-table")
-    block = readme[readme.index("\n", start) + 1 : readme.index("<!-- /families-table -->")].strip()
+    block = generated_block((ROOT / "README.md").read_text(), "families-table")
     assert block == families_table(), "regenerate the README table with hf_attn_variants.families.families_table()"
+
+
+@pytest.mark.parametrize(
+    "name, table", [("derived-table", derived_families_table), ("refused-table", refused_table)], ids=str
+)
+def test_docs_families_tables_match_the_registry(name, table):
+    block = generated_block((ROOT / "docs" / "families.md").read_text(), name)
+    assert block == table(), f"regenerate docs/families.md's {name} with hf_attn_variants.families.{table.__name__}()"

@@ -1,4 +1,5 @@
-"""Family adapters and their registry. Importing this package registers the built-in families."""
+"""Family adapters and their registry. Importing this package registers the built-in families: the hand-written
+ones, then those derived from transformers (``derived.py``), and records the refused model types' reasons."""
 
 from .base import FamilyAdapter, MixedFamily, NativeFamily, NativeFusedFamily, PluginFamily
 from .bloom import BLOOM
@@ -9,10 +10,34 @@ from .gpt_neox import GPT_NEOX
 from .gptj import GPTJ
 from .native import NATIVE_FAMILIES
 from .opt import OPT
-from .registry import families, families_table, family_for, register_family, supported_model_types
+from .registry import (
+    derived_families_table,
+    families,
+    families_table,
+    family_for,
+    refuse_model_types,
+    refused_model_types,
+    refused_table,
+    register_family,
+    supported_model_types,
+)
 
-for _family in (*NATIVE_FAMILIES, GPT2, OPT, GPT_NEOX, GPTJ, BLOOM, GPT_BIGCODE, FALCON):
+HAND_WRITTEN = (*NATIVE_FAMILIES, GPT2, OPT, GPT_NEOX, GPTJ, BLOOM, GPT_BIGCODE, FALCON)
+
+
+def hand_written_model_types() -> set[str]:
+    """The model types of the hand-written families (the derived ones cover the rest)."""
+    return {t for family in HAND_WRITTEN for t in family.model_types}
+
+
+for _family in HAND_WRITTEN:
     register_family(_family)
+
+from .derived import DERIVED_FAMILIES, REFUSED  # noqa: E402 - generated; it imports .generic, which needs .base
+
+for _family in DERIVED_FAMILIES:
+    register_family(_family)
+refuse_model_types(REFUSED)
 
 __all__ = [
     "FamilyAdapter",
@@ -22,7 +47,12 @@ __all__ = [
     "PluginFamily",
     "families",
     "families_table",
+    "derived_families_table",
     "family_for",
+    "hand_written_model_types",
+    "refuse_model_types",
+    "refused_model_types",
+    "refused_table",
     "register_family",
     "supported_model_types",
 ]

@@ -11,6 +11,7 @@ _FAMILIES: dict[str, FamilyAdapter] = {}
 _BY_MODEL_TYPE: dict[str, FamilyAdapter] = {}
 _VARIANT_CONFIGS: dict[str, type] = {}
 _VARIANT_MODELS: dict[str, dict[type, type]] = {}
+_REFUSED: dict[str, str] = {}  # model_type -> why no family covers it
 
 # Auto classes that get the variant of a family's class, and the transformers mapping that names it
 _AUTO_CLASSES = (
@@ -49,6 +50,23 @@ def register_family(family: FamilyAdapter) -> FamilyAdapter:
     return family
 
 
+def refuse_model_types(reasons: dict[str, str]) -> None:
+    """Record why the model types in ``reasons`` are not supported, for ``family_for``'s error and the docs.
+
+    Raises:
+        ValueError: one of them is a registered family's model_type.
+    """
+    taken = sorted(set(reasons) & set(_BY_MODEL_TYPE))
+    if taken:
+        raise ValueError(f"model_type {taken} belongs to a registered family and cannot be refused")
+    _REFUSED.update(reasons)
+
+
+def refused_model_types() -> dict[str, str]:
+    """Every model type known not to be supported, with the reason, by model_type."""
+    return dict(sorted(_REFUSED.items()))
+
+
 def families() -> list[FamilyAdapter]:
     """Every registered family, in registration order."""
     return list(_FAMILIES.values())
@@ -62,24 +80,73 @@ def family_for(config) -> FamilyAdapter:
     """The adapter of the family that ``config`` belongs to.
 
     Raises:
-        ValueError: the config's model_type is not supported; the message lists the supported ones.
+        ValueError: the config's model_type is not supported; the message lists the supported ones and says why
+            this one is not (the refused table's reason, or that it is unknown to the transformers the families
+            were derived with).
     """
     model_type = getattr(config, "model_type", None)
     family = _BY_MODEL_TYPE.get(model_type)
     if family is None:
+        from .derived import TRANSFORMERS_VERSION
+
+        why = _REFUSED.get(
+            model_type,
+            f"not a causal-LM model type of transformers {TRANSFORMERS_VERSION}, which the families were derived "
+            "from (scripts/derive_families.py derives a newer transformers' types)",
+        )
         raise ValueError(
-            f"model_type {model_type!r} is not supported by hf_attn_variants; supported: {supported_model_types()}"
+            f"model_type {model_type!r} is not supported by hf_attn_variants; supported: {supported_model_types()}; "
+            f"{model_type!r}: {why}"
         )
     return family
 
 
 def families_table() -> str:
-    """The README's table of supported families, as Markdown, generated from the registry."""
+    """The README's table of supported families, as Markdown, generated from the registry: a row per hand-written
+    family, one row for the families derived from transformers (``derived_families_table`` has theirs)."""
     lines = ["| family | model_type | saved as | q/k/v projections | notes |", "|---|---|---|---|---|"]
+    derived = [f for f in families() if _derived(f)]
     for family in families():
-        types = ", ".join(f"`{t}`" for t in family.model_types)
-        lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+        if not _derived(family):
+            types = ", ".join(f"`{t}`" for t in family.model_types)
+            lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+    if derived:
+        types = ", ".join(f"`{t}`" for f in derived for t in f.model_types)
+        lines.append(
+            f"| derived ({len(derived)}) | {types} | {derived[0].saved_as} | separate (read off transformers' "
+            "modules) | each proven by tests/test_derived_families.py; per type: [docs/families.md](docs/families.md) |"
+        )
     return "\n".join(lines)
+
+
+def derived_families_table() -> str:
+    """The table of the families derived from transformers, as Markdown: what each one's modules hold."""
+    lines = [
+        "| model_type | q/k/v projections | output | K-shaped norms | per-query-head | notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for family in families():
+        if _derived(family):
+            qkv = family.layout if family.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
+            sliced = ", ".join(f"`{n}`" for n in (*family.head_sliced, *family.fixed_heads))
+            kv_shaped = ", ".join(f"`{n}`" for n in family.kv_shaped)
+            lines.append(
+                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {family.notes} |"
+            )
+    return "\n".join(lines)
+
+
+def refused_table() -> str:
+    """The table of the causal-LM model types of transformers that no family covers, with the reasons."""
+    lines = ["| model_type | why it is refused |", "|---|---|"]
+    lines += [f"| `{t}` | {reason} |" for t, reason in refused_model_types().items()]
+    return "\n".join(lines)
+
+
+def _derived(family) -> bool:
+    from .generic import DerivedFamily, DerivedFusedFamily
+
+    return isinstance(family, (DerivedFamily, DerivedFusedFamily))
 
 
 def variant_config_class(family: PluginFamily) -> type:

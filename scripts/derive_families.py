@@ -1,0 +1,39 @@
+"""Write hf_attn_variants/families/derived.py: every causal-LM model_type of transformers, derived or refused.
+
+    PYTHONPATH=. python scripts/derive_families.py            # rewrite derived.py
+    PYTHONPATH=. python scripts/derive_families.py --check    # exit 1 if derived.py is out of date
+
+Then run tests/test_derived_families.py: it proves every derived type on tiny random models (exact MHA identity,
+GQA->MHA expansion, equal-head pooling, the cache's K/V heads, reload by plain transformers). A type that fails it
+goes into ``KNOWN_DEPARTURES`` in hf_attn_variants/families/generic.py with what failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hf_attn_variants.families import hand_written_model_types
+from hf_attn_variants.families.generic import render_module, survey
+
+TARGET = Path(__file__).parents[1] / "hf_attn_variants" / "families" / "derived.py"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with derived.py instead of writing it")
+    args = parser.parse_args()
+    derived, refused = survey(hand_written_model_types())
+    text = render_module(derived, refused)
+    if args.check:
+        same = TARGET.read_text() == text
+        print("derived.py is up to date" if same else "derived.py is out of date: run scripts/derive_families.py")
+        return 0 if same else 1
+    TARGET.write_text(text)
+    print(f"{TARGET}: {len(derived)} derived, {len(refused)} refused model types")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
