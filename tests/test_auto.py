@@ -143,10 +143,14 @@ def test_bad_variant_requests_raise_before_loading_weights(saved, kwargs, messag
 
 
 def test_unsupported_family_lists_the_supported_ones(tmp_path):
+    from hf_attn_variants.families import refused_model_types
+
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     supported = hav.supported_model_types()
     assert set(FAMILIES) | {f"attn_variant_{f}" for f in PLUGIN} <= set(supported)
-    message = f"model_type 'bert' is not supported by hf_attn_variants; supported: {sorted(supported)}"
+    why = refused_model_types()["bert"]  # the refused table's reason, named after the supported types
+    assert why == "its config has no num_key_value_heads: every layer has as many K/V heads as query heads"
+    message = f"model_type 'bert' is not supported by hf_attn_variants; supported: {sorted(supported)}; 'bert': {why}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         hav.AttnVariantConfig.from_base(config, "mqa")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):

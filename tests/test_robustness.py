@@ -20,6 +20,7 @@ import pytest
 
 import hf_attn_variants as hav
 from hf_attn_variants import cli
+from hf_attn_variants.families import refused_model_types
 
 from .conftest import save_tiny_checkpoint, tiny_model
 from .test_cli import digest
@@ -140,7 +141,8 @@ def test_gguf_of_another_architecture(tmp_path, capsys):
     writer.close()
     err = refused(tmp_path, capsys, folder, "--variant", "mqa", "--gguf-file", "m.gguf")
     assert err.splitlines()[-1] == (
-        f"{PREFIX}model_type 'mamba' is not supported by hf_attn_variants; supported: {hav.supported_model_types()}"
+        f"{PREFIX}model_type 'mamba' is not supported by hf_attn_variants; supported: {hav.supported_model_types()}; "
+        f"'mamba': {refused_model_types()['mamba']}"
     )
 
 
