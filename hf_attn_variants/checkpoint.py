@@ -25,7 +25,7 @@ from .io import (
 )
 from .model_card import render_model_card
 from .recipe import KVRecipe
-from .sources import check_gguf_file, source_metadata
+from .sources import GGUF_FLOAT_TYPES, source_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def gguf_dtype(path: Path) -> str:
     from .sources import gguf_weights_dtype
 
     dtype, types = gguf_weights_dtype(path)
-    if not set(types) <= {"F32", "BF16", "F16"}:
+    if not set(types) <= GGUF_FLOAT_TYPES.keys():
         logger.warning(
             "%s holds quantized weights (%s): writing them as float32, which holds their dequantized values "
             "exactly (about 4 bytes per weight); --dtype bfloat16 or float16 writes half that, rounded",
@@ -85,23 +85,22 @@ def convert_checkpoint(
     recipe = KVRecipe.build(kv_init, kv_init_seed=seed, **recipe_options)
     if recipe.calibration_data_files:  # every input read and checked before the model is loaded
         check_data_files(recipe.calibration_data_files)
-    name, asked = source_name(src, gguf_file), (src, gguf_file)
+    asked = (src, gguf_file)  # as given: "smollm2" names its Hub model in the card
     src, gguf_file = resolve_source(src, gguf_file)
-    if gguf_file and Path(src, gguf_file).is_file():
-        check_gguf_file(Path(src, gguf_file))  # a damaged file: one line, before anything reads its tensors
-        if dtype == "auto":
-            dtype = gguf_dtype(Path(src, gguf_file))
-    origin = source_metadata(*asked)
     # OUT checked, then locked (a second conversion to it fails at once) and checked again, for the whole run
     with locked_output_dir(src, out, overwrite, replaceable=model_folder_problem) as out:
-        return _convert(src, out, (name, origin), attn_variant, num_key_value_heads, recipe, gguf_file, dtype)
+        return _convert(src, out, asked, attn_variant, num_key_value_heads, recipe, gguf_file, dtype)
 
 
-def _convert(src, out, source, attn_variant, num_key_value_heads, recipe: KVRecipe, gguf_file, dtype) -> Path:
-    """``source``: how the card names the source, and what it knows of its origin (``source_metadata``)."""
+def _convert(src, out, asked, attn_variant, num_key_value_heads, recipe: KVRecipe, gguf_file, dtype) -> Path:
+    """``asked``: the source and GGUF file as the caller named them, for the card and the saved config."""
     located = {"gguf_file": gguf_file} if gguf_file else {}
     files = check_checkpoint_folder(src) if not gguf_file and Path(src).is_dir() else []
+    # reads and checks config.json, or a GGUF file's header and metadata, before anything reads its tensors
     request = AttnVariantConfig.from_pretrained(src, attn_variant, num_key_value_heads, kv_init=recipe, **located)
+    if dtype == "auto" and gguf_file and Path(src, gguf_file).is_file():
+        dtype = gguf_dtype(Path(src, gguf_file))
+    source = (source_name(*asked), source_metadata(*asked))
     base = request.base()
     check_kv_shapes(files, base)
     torch_dtype = dtype_from_name(dtype)

@@ -14,7 +14,7 @@ import os
 import struct
 from pathlib import Path
 
-from .default_model import check_source_exists
+from .default_model import ALIAS, BASE_MODEL, check_source_exists, reads_as_path, resolve_source
 from .families.base import MAX_HEADS, MAX_LAYERS, check_config_values, check_count
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
@@ -143,8 +143,6 @@ def source_metadata(src: str | os.PathLike, gguf_file: str | None = None) -> dic
     GGUF file's ``general.license``, else the card (``README.md``) in the folder. Unknown stays ``None``: a
     card never claims a license or a base model it did not read.
     """
-    from .default_model import ALIAS, BASE_MODEL, reads_as_path, resolve_source
-
     path = Path(src)
     base_model = None
     if str(src) == ALIAS and not path.exists():

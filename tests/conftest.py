@@ -226,3 +226,22 @@ def check_hub_ready(card_path):
         assert len(set(metric_names)) == len(metric_names), metric_names  # distinct names, no two "perplexity"
         assert all(" " not in r.dataset_type for r in results), [r.dataset_type for r in results]  # an id, no sentence
     return data
+
+
+def run_script_on_cases(script: str, cases: list[dict], root) -> dict:
+    """Run ``script`` in ONE fresh Python process on ``cases`` (written to ``root/cases.json``); its results.
+
+    The script gets the cases file and a results file as ``sys.argv[1:]`` and writes its results there as JSON.
+    """
+    import json
+    import subprocess
+    import sys
+
+    (root / "cases.json").write_text(json.dumps(cases))
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(root / "cases.json"), str(root / "results.json")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads((root / "results.json").read_text())

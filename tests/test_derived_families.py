@@ -10,9 +10,6 @@ it is what the derivation gives today and that every causal-LM model type of tra
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ from safetensors.torch import save_file
 import hf_attn_variants as hav
 from hf_attn_variants.families import derived, generic, hand_written_model_types, refused_model_types
 
-from .conftest import FAMILIES, NATIVE, PLUGIN, kv_heads_in_cache, native_kv_heads, tiny_model
+from .conftest import FAMILIES, NATIVE, PLUGIN, kv_heads_in_cache, native_kv_heads, run_script_on_cases, tiny_model
 
 DERIVED = [t for f in derived.DERIVED_FAMILIES for t in f.model_types]
 MATRIX = NATIVE + DERIVED  # hand-written native families on their TINY configs, derived ones on generic ones
@@ -115,14 +112,7 @@ def reloads(tmp_path_factory):
             cases.append(
                 {"name": f"{model_type}/{kv}", "path": str(folder), "expected": str(folder / "expected.safetensors")}
             )
-    (root / "cases.json").write_text(json.dumps(cases))
-    run = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(root / "cases.json"), str(root / "results.json")],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads((root / "results.json").read_text())
+    return run_script_on_cases(RELOAD, cases, root)
 
 
 @pytest.mark.parametrize("model_type", DERIVED)

@@ -10,9 +10,6 @@ must give the saved model's logits and be causal: changing the last token change
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from safetensors.torch import save_file
 
 import hf_attn_variants as hav
 
-from .conftest import FAMILIES, tiny_model
+from .conftest import FAMILIES, run_script_on_cases, tiny_model
 
 VARIANTS = {"gqa-2": ("gqa", 2), "mqa": ("mqa", None), "mha": ("mha", None)}
 LOADERS = ("transformers", "hav", "peft")
@@ -97,14 +94,7 @@ def reloads(tmp_path_factory):
                     "expected": str(folder / "expected.safetensors"),
                 }
             )
-    (root / "cases.json").write_text(json.dumps(cases))
-    run = subprocess.run(
-        [sys.executable, "-c", RELOAD, str(root / "cases.json"), str(root / "results.json")],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads((root / "results.json").read_text())
+    return run_script_on_cases(RELOAD, cases, root)
 
 
 @pytest.mark.parametrize("loader", LOADERS)
