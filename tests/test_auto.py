@@ -143,10 +143,14 @@ def test_bad_variant_requests_raise_before_loading_weights(saved, kwargs, messag
 
 
 def test_unsupported_family_lists_the_supported_ones(tmp_path):
+    from hf_attn_variants.families import refused_model_types
+
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     supported = hav.supported_model_types()
     assert set(FAMILIES) | {f"attn_variant_{f}" for f in PLUGIN} <= set(supported)
-    message = f"model_type 'bert' is not supported by hf_attn_variants; supported: {sorted(supported)}"
+    why = refused_model_types()["bert"]  # the refused table's reason, named after the supported types
+    assert why == "its config has no num_key_value_heads: every layer has as many K/V heads as query heads"
+    message = f"model_type 'bert' is not supported by hf_attn_variants; supported: {sorted(supported)}; 'bert': {why}"
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         hav.AttnVariantConfig.from_base(config, "mqa")
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
@@ -170,10 +174,73 @@ def test_register_family_validates():
         hav.register_family(NativeFamily("llama", ("llama",)))
     with pytest.raises(ValueError, match=r"^family 'other': model_type \['mistral'\] already belongs to 'mistral'$"):
         hav.register_family(NativeFamily("other", ("mistral",)))
-    missing = (
-        "['attention', 'qkv', 'out_proj', 'attention_class', 'config_class', 'model_classes', 'attention_scaling']"
-    )
+    missing = "['attention_module', 'qkv', 'out_module', 'attention_class', 'config_class', 'model_classes', 'attention_scaling']"
     with pytest.raises(ValueError, match=f"^plugin family 'opt-incomplete' does not declare {re.escape(missing)}$"):
         hav.register_family(PluginFamily("opt-incomplete", ("opt",)))
     with pytest.raises(ValueError, match="^family 'empty' covers no model_type$"):
         hav.register_family(NativeFamily("empty", ()))
+
+
+@pytest.fixture
+def restored_registry():
+    """The family registry as it was before the test, whatever the test registers."""
+    from hf_attn_variants.families import registry
+
+    tables = (registry._FAMILIES, registry._BY_MODEL_TYPE, registry._VARIANT_CONFIGS, registry._VARIANT_MODELS)
+    saved = [dict(t) for t in tables]
+    yield
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)
+
+
+def test_a_plugin_family_registered_after_import_gets_its_variant_classes(restored_registry, input_ids):
+    import dataclasses
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from hf_attn_variants.families.registry import variant_config_class, variant_model_classes
+
+    source = tiny_model("opt")
+    opt = hav.family_for(source.config)
+    family = hav.register_family(dataclasses.replace(opt, name="opt-copy", model_types=("opt_hav_copy",)))
+    config_class = variant_config_class(family)
+    assert CONFIG_MAPPING["attn_variant_opt_hav_copy"] is config_class
+    assert config_class.__name__ == "OPTAttnVariantConfig" and issubclass(config_class, transformers.OPTConfig)
+    assert config_class is not variant_config_class(opt)
+    variants = variant_model_classes(family)
+    assert set(variants) == set(opt.model_classes)
+    assert all(issubclass(variant, base) for base, variant in variants.items())
+
+    expected = logits(hav.convert(source, "gqa", num_key_value_heads=2), input_ids)
+    source.config.model_type = "opt_hav_copy"  # the same model, now of the family registered late
+    assert hav.family_for(source.config) is family
+    converted = hav.convert(source, "gqa", num_key_value_heads=2)
+    assert type(converted) is variants[transformers.OPTForCausalLM]
+    assert type(converted.config) is config_class
+    assert torch.equal(logits(converted, input_ids), expected)
+
+
+def test_the_families_package_imports_no_model_layer():
+    """``families/`` holds declarations: the model layer builds their classes, never the other way round."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    package = Path(hav.__file__).parent / "families"
+    model_layer = {f"hf_attn_variants.{m}" for m in ("configuration", "modeling", "registration", "auto")}
+    found = {}
+    for path in sorted(package.glob("*.py")):
+        module = f"hf_attn_variants.families.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0])
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            bad = [n for n in names if any(n == m or n.startswith(m + ".") for m in model_layer)]
+            if bad:
+                found[f"{path.name}:{node.lineno}"] = bad
+    assert found == {}
