@@ -10,7 +10,7 @@ import transformers
 
 import hf_attn_variants as hav
 
-from .conftest import FAMILIES, HEADS, NO_SDPA, PLUGIN, tiny_model
+from .conftest import FAMILIES, HEADS, NO_SDPA, PLUGIN, tiny_config, tiny_model
 
 
 def logits(model, input_ids):
@@ -244,3 +244,30 @@ def test_the_families_package_imports_no_model_layer():
             if bad:
                 found[f"{path.name}:{node.lineno}"] = bad
     assert found == {}
+
+
+def test_adapter_questions_by_name():
+    """``is_kv_tensor`` says which tensors a conversion changes, ``saves_natively`` which G the family's own model
+    holds; ``convert_tensor`` only converts, and refuses a tensor that is no K/V tensor."""
+    llama, gpt2 = hav.family_for(tiny_config("llama")), hav.family_for(tiny_config("gpt2"))
+    assert llama.is_kv_tensor("model.layers.0.self_attn.k_proj.weight")
+    assert not llama.is_kv_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert gpt2.is_kv_tensor("transformer.h.1.attn.c_attn.bias") and not gpt2.is_kv_tensor(
+        "transformer.h.1.attn.c_proj.weight"
+    )
+    config = tiny_config("llama")
+    with pytest.raises(
+        ValueError, match=r"^lm_head\.weight: not a K/V tensor of the llama family; only those are converted$"
+    ):
+        llama.convert_tensor("lm_head.weight", torch.zeros(3, 3), config, 1, "mean")
+    key = "model.layers.0.self_attn.k_proj.weight"
+    rows = llama.num_kv_heads(config) * llama.head_dim(config)
+    assert llama.kv_tensor_shape(key, (rows, 64), torch.bfloat16, config, 1) == (llama.head_dim(config), 64)
+    with pytest.raises(ValueError, match=r"only floating-point K/V weights can be regrouped"):
+        llama.check_kv_tensor(key, (rows, 64), torch.int8, config)
+    heads = {name: hav.family_for(tiny_config(name)).num_heads(tiny_config(name)) for name in ("gpt2", "gpt_bigcode")}
+    assert [g for g in range(1, heads["gpt2"] + 1) if gpt2.saves_natively(tiny_config("gpt2"), g)] == [heads["gpt2"]]
+    bigcode = hav.family_for(tiny_config("gpt_bigcode"))
+    native = [g for g in range(1, heads["gpt_bigcode"] + 1) if bigcode.saves_natively(tiny_config("gpt_bigcode"), g)]
+    assert native == [1, heads["gpt_bigcode"]]
+    assert llama.saves_natively(config, 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -97,6 +97,21 @@ def _check_rope(values, where: str) -> None:
 
 
 @dataclass(frozen=True)
+class FamilyDocs:
+    """How a family is described in the README's table of families (``families_table``); no conversion reads it.
+
+    Attributes:
+        saved_as: how a variant is saved.
+        layout: how the family stores q, k and v.
+        notes: the family's departures worth a line.
+    """
+
+    saved_as: str
+    layout: str
+    notes: str
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
     """What the conversion needs to know about one model family.
 
@@ -118,10 +133,9 @@ class FamilyAdapter:
 
     native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
-    @property
-    def layout(self) -> str:
-        """How the family stores q, k and v, for the README's table."""
-        return "separate"
+    def describe(self) -> FamilyDocs:
+        """The family's row of the README's table: how a variant is saved, the q/k/v layout, the notes."""
+        return FamilyDocs(saved_as="native (own model_type, fewer K/V heads)", layout="separate", notes=self.notes)
 
     # -- head counts read off a config ------------------------------------------------------------------
     def num_heads(self, config) -> int:
@@ -342,11 +356,6 @@ class FamilyAdapter:
     def target_class(self, model_class: type, dst_kv: int, config) -> type:
         raise NotImplementedError
 
-    @property
-    def saved_as(self) -> str:
-        """How a variant is saved, for the README's table."""
-        return "native (own model_type, fewer K/V heads)"
-
     @staticmethod
     def config_values(config) -> dict:
         """``config`` as a dict, less a GGUF quantization record (GGUF weights load dequantized)."""
@@ -454,9 +463,8 @@ class NativeFusedFamily(NativeFamily):
     def projections(self, parts):
         return self._fused_projections(parts, self.fused_qkv, self.o_projection)
 
-    @property
-    def layout(self) -> str:
-        return f"fused `{self.fused_qkv}` (q, k, v blocks)"
+    def describe(self) -> FamilyDocs:
+        return replace(super().describe(), layout=f"fused `{self.fused_qkv}` (q, k, v blocks)")
 
 
 def head_dim_scaling(config, layer_idx: int) -> float:
@@ -532,13 +540,15 @@ class PluginFamily(FamilyAdapter):
         """The projections (names in the attention module) whose rows depend on the K/V heads."""
         return self.qkv if self.fused else self.qkv[1:]
 
-    @property
-    def layout(self) -> str:
-        if not self.fused:
-            return "separate"
+    def describe(self) -> FamilyDocs:
         rows = {"blocks": "q, k, v blocks", "grouped": "[q k v] per head; a variant's: [q .. q k v] per K/V group"}
-        return f"fused `{self.attention_module}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
+        fused = f"fused `{self.attention_module}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
             ", Conv1D" if self.conv1d else ""
+        )
+        return FamilyDocs(
+            saved_as=f"plugin config `{self.variant_model_type}` (MHA: plain `{self.model_types[0]}`)",
+            layout=fused if self.fused else "separate",
+            notes=self.notes,
         )
 
     def declaration_errors(self) -> list[str]:
@@ -614,10 +624,6 @@ class PluginFamily(FamilyAdapter):
     def lora_fan_in_fan_out(self) -> bool:
         return self.conv1d
 
-    @property
-    def saved_as(self) -> str:
-        return f"plugin config `{self.variant_model_type}` (MHA: plain `{self.model_types[0]}`)"
-
     def saves_natively(self, config, dst_kv) -> bool:
         """MHA is the family's own model (no plugin needed to load it); other head counts need the plugin."""
         return dst_kv == self.num_heads(config)
@@ -678,13 +684,10 @@ class MixedFamily(PluginFamily):
         """The K/V heads of the family's own config (read off its flags, not ``num_key_value_heads``)."""
         raise NotImplementedError
 
-    @property
-    def layout(self) -> str:
-        return (
-            f"fused `{self.attention_module}.{self.qkv[0]}`, [q .. q k v] per K/V group "
-            "(MHA: [q k v] per head; MQA: [q | k | v] blocks)"
+    def describe(self) -> FamilyDocs:
+        return FamilyDocs(
+            saved_as=f"native for {self.own_counts}; other G: plugin config `{self.variant_model_type}`",
+            layout=f"fused `{self.attention_module}.{self.qkv[0]}`, [q .. q k v] per K/V group "
+            "(MHA: [q k v] per head; MQA: [q | k | v] blocks)",
+            notes=self.notes,
         )
-
-    @property
-    def saved_as(self) -> str:
-        return f"native for {self.own_counts}; other G: plugin config `{self.variant_model_type}`"

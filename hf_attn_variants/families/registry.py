@@ -117,11 +117,12 @@ def families_table() -> str:
     for family in families():
         if not _derived(family):
             types = ", ".join(f"`{t}`" for t in family.model_types)
-            lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+            docs = family.describe()
+            lines.append(f"| {family.name} | {types} | {docs.saved_as} | {docs.layout} | {docs.notes} |")
     if derived:
         types = ", ".join(f"`{t}`" for f in derived for t in f.model_types)
         lines.append(
-            f"| derived ({len(derived)}) | {types} | {derived[0].saved_as} | separate (read off transformers' "
+            f"| derived ({len(derived)}) | {types} | {derived[0].describe().saved_as} | separate (read off transformers' "
             "modules) | each proven by tests/test_derived_families.py; per type: [docs/families.md](docs/families.md) |"
         )
     return "\n".join(lines)
@@ -135,11 +136,12 @@ def derived_families_table() -> str:
     ]
     for family in families():
         if _derived(family):
-            qkv = family.layout if family.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
+            docs = family.describe()
+            qkv = docs.layout if docs.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
             sliced = ", ".join(f"`{n}`" for n in (*family.head_sliced, *family.fixed_heads))
             kv_shaped = ", ".join(f"`{n}`" for n in family.kv_shaped)
             lines.append(
-                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {family.notes} |"
+                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {docs.notes} |"
             )
     return "\n".join(lines)
 
