@@ -19,6 +19,7 @@ from .heads import KV_INIT_METHODS
 from .kv_cache import kv_cache_plan
 from .lora import lora_config
 from .recipe import KV_INIT_CHOICES, PRESETS, KVRecipe
+from .registration import register_variant_classes as _register_variant_classes  # noqa: F401 - installs its hook
 from .variants import ATTN_VARIANTS, resolve_num_kv_heads, variant_label, variant_name
 
 __version__ = "0.1.0"

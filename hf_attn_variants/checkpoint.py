@@ -181,9 +181,9 @@ def name_source(config, source) -> None:
 def check_kv_shapes(files: list[Path], config) -> None:
     """Refuse safetensors ``files`` whose K/V projections do not have the shape ``config`` gives them.
 
-    Reads only the headers: every K/V tensor goes through its family's conversion on the meta device, which
-    checks its rows against the config's K/V heads x head_dim (a wrong ``head_dim`` is caught here, before
-    transformers would fail half-way through loading).
+    Reads only the headers: every K/V tensor is checked by its family's ``check_kv_tensor``, which checks its
+    rows against the config's K/V heads x head_dim (a wrong ``head_dim`` is caught here, before transformers
+    would fail half-way through loading).
 
     Raises:
         ValueError: a K/V tensor's shape does not fit the config.
@@ -196,14 +196,13 @@ def check_kv_shapes(files: list[Path], config) -> None:
     if not files:  # a GGUF file or a hub id: no safetensors headers to read (the load itself checks)
         return
     family = family_for(config)
-    kv, found = family.num_kv_heads(config), 0
+    found = 0
     for path in files:
         with safe_open(str(path), "pt") as handle:
-            for key in handle.keys():
+            for key in filter(family.is_kv_tensor, handle.keys()):
                 header = handle.get_slice(key)  # an integer K/V tensor is refused by its header's dtype
-                dtype = _DTYPES.get(header.get_dtype(), torch.uint8)
-                meta = torch.empty(header.get_shape(), dtype=dtype, device="meta")
-                found += family.convert_tensor(key, meta, config, kv, "first") is not None and key.endswith("weight")
+                family.check_kv_tensor(key, header.get_shape(), _DTYPES.get(header.get_dtype(), torch.uint8), config)
+                found += key.endswith("weight")
     check_kv_weight_count(family, config, found)  # the config's layers against the weights, before any is built
     check_weight_shapes(files, config)
 

@@ -38,9 +38,11 @@ def convert_state_dict(
     check_kv_init(kv_init)
     converted, weights = {}, 0
     for key, tensor in state_dict.items():
-        new = family.convert_tensor(key, tensor, config, num_key_value_heads, kv_init, seed)
-        converted[key] = tensor if new is None else new
-        weights += new is not None and key.endswith("weight")
+        if not family.is_kv_tensor(key):
+            converted[key] = tensor
+            continue
+        converted[key] = family.convert_tensor(key, tensor, config, num_key_value_heads, kv_init, seed)
+        weights += key.endswith("weight")
     check_kv_weight_count(family, config, weights)
     return converted
 

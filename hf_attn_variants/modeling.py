@@ -178,9 +178,9 @@ class VariantAttention(nn.Module):
         k = k.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
         v = v.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
 
-        if family.rotary:
+        if family.rotary_style:
             cos, sin = family.rotary_cos_sin(position_embeddings)
-            interleaved = family.rotary == "interleaved"
+            interleaved = family.rotary_style == "interleaved"
             q, k = apply_rotary(q, cos, sin, interleaved), apply_rotary(k, cos, sin, interleaved)
 
         if cache is not None:
@@ -199,7 +199,7 @@ class VariantAttention(nn.Module):
         out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
 
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * head_dim)
-        out = getattr(self, family.out_proj)(out)
+        out = getattr(self, family.out_module)(out)
         if family.resid_dropout:
             out = getattr(self, family.resid_dropout)(out)
         if family.residual_dropout_config:  # BLOOM's dropout_add

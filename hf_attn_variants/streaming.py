@@ -66,21 +66,22 @@ def stream_convert(
             entries = []  # (name, ByteRange of the input file) or (name, Deferred converted tensor)
             with _open(path) as handle:
                 for key, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"]):
-                    meta = torch.empty(info["shape"], dtype=_DTYPES.get(info["dtype"], torch.uint8), device="meta")
-                    new = family.convert_tensor(key, meta, config, dst, "first")  # decided by name and shape
+                    kv = family.is_kv_tensor(key)
+                    saved = _DTYPES.get(info["dtype"], torch.uint8)
+                    shape = family.kv_tensor_shape(key, info["shape"], saved, config, dst) if kv else info["shape"]
                     cast = dtype is not None and info["dtype"] in _FLOATS and _DTYPES[info["dtype"]] != dtype
-                    changed += new is not None and key.endswith("weight")
+                    changed += kv and key.endswith("weight")
                     name = renamed.get(key, key)
-                    if new is None and not cast:
+                    if not kv and not cast:
                         begin, end = info["data_offsets"]
                         entries.append(
                             (name, ByteRange(info["dtype"], info["shape"], data_start + begin, data_start + end))
                         )
                         continue
 
-                    to, shape = dtype if cast else meta.dtype, tuple((meta if new is None else new).shape)
+                    to, shape = dtype if cast else saved, tuple(shape)
 
-                    def make(key=key, kv=new is not None, to=to):
+                    def make(key=key, kv=kv, to=to):
                         tensor = handle.get_tensor(key)
                         converted = family.convert_tensor(key, tensor, config, dst, kv_init, seed) if kv else tensor
                         return converted.to(to).contiguous()
@@ -142,8 +143,8 @@ def _target_class(family, config, dst: int) -> type:
 def check_against_model(files: list[Path], config, target, target_class: type, dst: int) -> dict[str, str]:
     """Refuse, before writing anything, a conversion whose tensors would not load into the converted model.
 
-    Reads only the headers: every tensor is converted on the meta device and compared, name and shape, with
-    the converted model built on the meta device. Names follow save_pretrained on both sides (transformers
+    Reads only the headers: every tensor, with a K/V tensor's converted shape (``kv_tensor_shape``), is compared,
+    name and shape, with the converted model built on the meta device. Names follow save_pretrained on both sides (transformers
     renames some tensors for their model_type, e.g. GPT-NeoX's ``embed_out``, and a plugin variant's type has
     no such renaming); tied parameters may be absent, as save_pretrained writes them once.
 
@@ -169,9 +170,10 @@ def check_against_model(files: list[Path], config, target, target_class: type, d
     for path in files:
         with _open(path) as handle:
             for key in handle.keys():
-                meta = torch.empty(handle.get_slice(key).get_shape(), device="meta")
-                new = family.convert_tensor(key, meta, config, dst, "first")  # the shape is the same for all
-                shape, name = tuple((meta if new is None else new).shape), renamed.get(key, key)
+                shape = tuple(handle.get_slice(key).get_shape())
+                if family.is_kv_tensor(key):  # float32 stands for any float type: the shape is the same for all
+                    shape = family.kv_tensor_shape(key, shape, torch.float32, config, dst)
+                name = renamed.get(key, key)
                 if name not in expected:
                     raise ValueError(f"{path.name}: tensor {key!r} does not belong to a {target_class.__name__}")
                 if shape != expected[name]:

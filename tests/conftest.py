@@ -105,7 +105,8 @@ def family_of(family: str):
 
 def own_config_kwargs(family: str, num_kv_heads: int) -> dict | None:
     """Config fields that give ``family``'s own tiny model ``num_kv_heads`` K/V heads (``None``: only the plugin can)."""
-    return family_of(family).own_config_values(tiny_config(family), num_kv_heads)
+    adapter, config = family_of(family), tiny_config(family)
+    return adapter.own_config_values(config, num_kv_heads) if adapter.saves_natively(config, num_kv_heads) else None
 
 
 def variant_class(family: str) -> type:

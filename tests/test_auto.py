@@ -10,7 +10,7 @@ import transformers
 
 import hf_attn_variants as hav
 
-from .conftest import FAMILIES, HEADS, NO_SDPA, PLUGIN, tiny_model
+from .conftest import FAMILIES, HEADS, NO_SDPA, PLUGIN, tiny_config, tiny_model
 
 
 def logits(model, input_ids):
@@ -174,10 +174,100 @@ def test_register_family_validates():
         hav.register_family(NativeFamily("llama", ("llama",)))
     with pytest.raises(ValueError, match=r"^family 'other': model_type \['mistral'\] already belongs to 'mistral'$"):
         hav.register_family(NativeFamily("other", ("mistral",)))
-    missing = (
-        "['attention', 'qkv', 'out_proj', 'attention_class', 'config_class', 'model_classes', 'attention_scaling']"
-    )
+    missing = "['attention_module', 'qkv', 'out_module', 'attention_class', 'config_class', 'model_classes', 'attention_scaling']"
     with pytest.raises(ValueError, match=f"^plugin family 'opt-incomplete' does not declare {re.escape(missing)}$"):
         hav.register_family(PluginFamily("opt-incomplete", ("opt",)))
     with pytest.raises(ValueError, match="^family 'empty' covers no model_type$"):
         hav.register_family(NativeFamily("empty", ()))
+
+
+@pytest.fixture
+def restored_registry():
+    """The family registry as it was before the test, whatever the test registers."""
+    from hf_attn_variants.families import registry
+
+    tables = (registry._FAMILIES, registry._BY_MODEL_TYPE, registry._VARIANT_CONFIGS, registry._VARIANT_MODELS)
+    saved = [dict(t) for t in tables]
+    yield
+    for table, before in zip(tables, saved, strict=True):
+        table.clear()
+        table.update(before)
+
+
+def test_a_plugin_family_registered_after_import_gets_its_variant_classes(restored_registry, input_ids):
+    import dataclasses
+
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    from hf_attn_variants.families.registry import variant_config_class, variant_model_classes
+
+    source = tiny_model("opt")
+    opt = hav.family_for(source.config)
+    family = hav.register_family(dataclasses.replace(opt, name="opt-copy", model_types=("opt_hav_copy",)))
+    config_class = variant_config_class(family)
+    assert CONFIG_MAPPING["attn_variant_opt_hav_copy"] is config_class
+    assert config_class.__name__ == "OPTAttnVariantConfig" and issubclass(config_class, transformers.OPTConfig)
+    assert config_class is not variant_config_class(opt)
+    variants = variant_model_classes(family)
+    assert set(variants) == set(opt.model_classes)
+    assert all(issubclass(variant, base) for base, variant in variants.items())
+
+    expected = logits(hav.convert(source, "gqa", num_key_value_heads=2), input_ids)
+    source.config.model_type = "opt_hav_copy"  # the same model, now of the family registered late
+    assert hav.family_for(source.config) is family
+    converted = hav.convert(source, "gqa", num_key_value_heads=2)
+    assert type(converted) is variants[transformers.OPTForCausalLM]
+    assert type(converted.config) is config_class
+    assert torch.equal(logits(converted, input_ids), expected)
+
+
+def test_the_families_package_imports_no_model_layer():
+    """``families/`` holds declarations: the model layer builds their classes, never the other way round."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    package = Path(hav.__file__).parent / "families"
+    model_layer = {f"hf_attn_variants.{m}" for m in ("configuration", "modeling", "registration", "auto")}
+    found = {}
+    for path in sorted(package.glob("*.py")):
+        module = f"hf_attn_variants.families.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), module.rpartition(".")[0])
+                names = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            bad = [n for n in names if any(n == m or n.startswith(m + ".") for m in model_layer)]
+            if bad:
+                found[f"{path.name}:{node.lineno}"] = bad
+    assert found == {}
+
+
+def test_adapter_questions_by_name():
+    """``is_kv_tensor`` says which tensors a conversion changes, ``saves_natively`` which G the family's own model
+    holds; ``convert_tensor`` only converts, and refuses a tensor that is no K/V tensor."""
+    llama, gpt2 = hav.family_for(tiny_config("llama")), hav.family_for(tiny_config("gpt2"))
+    assert llama.is_kv_tensor("model.layers.0.self_attn.k_proj.weight")
+    assert not llama.is_kv_tensor("model.layers.0.self_attn.q_proj.weight")
+    assert gpt2.is_kv_tensor("transformer.h.1.attn.c_attn.bias") and not gpt2.is_kv_tensor(
+        "transformer.h.1.attn.c_proj.weight"
+    )
+    config = tiny_config("llama")
+    with pytest.raises(
+        ValueError, match=r"^lm_head\.weight: not a K/V tensor of the llama family; only those are converted$"
+    ):
+        llama.convert_tensor("lm_head.weight", torch.zeros(3, 3), config, 1, "mean")
+    key = "model.layers.0.self_attn.k_proj.weight"
+    rows = llama.num_kv_heads(config) * llama.head_dim(config)
+    assert llama.kv_tensor_shape(key, (rows, 64), torch.bfloat16, config, 1) == (llama.head_dim(config), 64)
+    with pytest.raises(ValueError, match=r"only floating-point K/V weights can be regrouped"):
+        llama.check_kv_tensor(key, (rows, 64), torch.int8, config)
+    heads = {name: hav.family_for(tiny_config(name)).num_heads(tiny_config(name)) for name in ("gpt2", "gpt_bigcode")}
+    assert [g for g in range(1, heads["gpt2"] + 1) if gpt2.saves_natively(tiny_config("gpt2"), g)] == [heads["gpt2"]]
+    bigcode = hav.family_for(tiny_config("gpt_bigcode"))
+    native = [g for g in range(1, heads["gpt_bigcode"] + 1) if bigcode.saves_natively(tiny_config("gpt_bigcode"), g)]
+    assert native == [1, heads["gpt_bigcode"]]
+    assert llama.saves_natively(config, 1)

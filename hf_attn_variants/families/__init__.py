@@ -1,7 +1,7 @@
 """Family adapters and their registry. Importing this package registers the built-in families: the hand-written
 ones, then those derived from transformers (``derived.py``), and records the refused model types' reasons."""
 
-from .base import FamilyAdapter, MixedFamily, NativeFamily, NativeFusedFamily, PluginFamily
+from .base import FamilyAdapter, FamilyDocs, MixedFamily, NativeFamily, NativeFusedFamily, PluginFamily
 from .bloom import BLOOM
 from .falcon import FALCON
 from .gpt2 import GPT2
@@ -41,6 +41,7 @@ refuse_model_types(REFUSED)
 
 __all__ = [
     "FamilyAdapter",
+    "FamilyDocs",
     "MixedFamily",
     "NativeFamily",
     "NativeFusedFamily",

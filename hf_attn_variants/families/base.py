@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -97,6 +97,21 @@ def _check_rope(values, where: str) -> None:
 
 
 @dataclass(frozen=True)
+class FamilyDocs:
+    """How a family is described in the README's table of families (``families_table``); no conversion reads it.
+
+    Attributes:
+        saved_as: how a variant is saved.
+        layout: how the family stores q, k and v.
+        notes: the family's departures worth a line.
+    """
+
+    saved_as: str
+    layout: str
+    notes: str
+
+
+@dataclass(frozen=True)
 class FamilyAdapter:
     """What the conversion needs to know about one model family.
 
@@ -118,10 +133,9 @@ class FamilyAdapter:
 
     native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
-    @property
-    def layout(self) -> str:
-        """How the family stores q, k and v, for the README's table."""
-        return "separate"
+    def describe(self) -> FamilyDocs:
+        """The family's row of the README's table: how a variant is saved, the q/k/v layout, the notes."""
+        return FamilyDocs(saved_as="native (own model_type, fewer K/V heads)", layout="separate", notes=self.notes)
 
     # -- head counts read off a config ------------------------------------------------------------------
     def num_heads(self, config) -> int:
@@ -157,9 +171,42 @@ class FamilyAdapter:
             )
 
     # -- weights --------------------------------------------------------------------------------------
-    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0) -> torch.Tensor | None:
-        """The converted tensor for ``key``, or ``None`` when the tensor does not depend on the K/V heads."""
+    def is_kv_tensor(self, key: str) -> bool:
+        """Whether the checkpoint tensor ``key`` depends on the K/V heads (so a conversion changes it)."""
+        return bool(self._kv_key.search(key))
+
+    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0) -> torch.Tensor:
+        """The K/V tensor ``key`` (one ``is_kv_tensor`` accepts) regrouped for ``dst_kv`` K/V heads.
+
+        Raises:
+            ValueError: ``key`` is not a K/V tensor, or the tensor does not fit the config (its dtype, its rows).
+        """
+        if not self.is_kv_tensor(key):
+            raise ValueError(f"{key}: not a K/V tensor of the {self.name} family; only those are converted")
+        return self._convert_kv(key, tensor, config, dst_kv, kv_init, seed)
+
+    def _convert_kv(self, key, tensor, config, dst_kv, kv_init, seed) -> torch.Tensor:
         raise NotImplementedError
+
+    def kv_tensor_shape(self, key, shape, dtype, config, dst_kv) -> tuple[int, ...]:
+        """The shape of the K/V tensor ``key`` (of ``shape`` and ``dtype`` in a checkpoint of ``config``) with
+        ``dst_kv`` K/V heads, read without its data: the conversion runs on the meta device, so it checks what
+        the real one does (a floating-point dtype, rows that fit the config).
+
+        Raises:
+            ValueError: the tensor does not fit the config.
+        """
+        meta = torch.empty(shape, dtype=dtype, device="meta")
+        return tuple(self.convert_tensor(key, meta, config, dst_kv, "first").shape)
+
+    def check_kv_tensor(self, key, shape, dtype, config) -> None:
+        """Refuse the K/V tensor ``key`` of ``shape`` and ``dtype`` if a conversion of ``config``'s checkpoint
+        would (an integer dtype, rows that do not fit the config), from the header alone.
+
+        Raises:
+            ValueError: the tensor does not fit the config.
+        """
+        self.kv_tensor_shape(key, shape, dtype, config, self.num_kv_heads(config))
 
     def kv_weight_count(self, config) -> int:
         """How many weight tensors (biases aside) of a whole model ``convert_tensor`` changes."""
@@ -296,17 +343,18 @@ class FamilyAdapter:
     def _target_config(self, config, dst_kv):
         raise NotImplementedError
 
-    def own_config_values(self, config, dst_kv) -> dict | None:
-        """The fields of the family's own config that give it ``dst_kv`` K/V heads, or ``None`` where it cannot."""
+    def saves_natively(self, config, dst_kv) -> bool:
+        """Whether the variant of ``config``'s model with ``dst_kv`` K/V heads is saved as the family's own model
+        (its own model_type and config), which plain transformers loads without the plugin."""
+        return True
+
+    def own_config_values(self, config, dst_kv) -> dict:
+        """The fields of the family's own config that give it ``dst_kv`` K/V heads (a ``dst_kv`` it
+        ``saves_natively``)."""
         raise NotImplementedError
 
     def target_class(self, model_class: type, dst_kv: int, config) -> type:
         raise NotImplementedError
-
-    @property
-    def saved_as(self) -> str:
-        """How a variant is saved, for the README's table."""
-        return "native (own model_type, fewer K/V heads)"
 
     @staticmethod
     def config_values(config) -> dict:
@@ -348,9 +396,7 @@ class NativeFamily(FamilyAdapter):
         parts = "|".join(re.escape(p) for p in self.kv_projections + self.kv_shaped)
         object.__setattr__(self, "_kv_key", re.compile(rf"(?:^|\.)(?:{parts})\.(?:weight|bias)$"))
 
-    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
-        if not self._kv_key.search(key):
-            return None
+    def _convert_kv(self, key, tensor, config, dst_kv, kv_init, seed):
         return self._regroup(key, tensor, config, dst_kv, kv_init, seed)
 
     def kv_weight_count(self, config) -> int:
@@ -399,9 +445,7 @@ class NativeFusedFamily(NativeFamily):
     def __post_init__(self):
         object.__setattr__(self, "_kv_key", re.compile(rf"(?:^|\.){re.escape(self.fused_qkv)}\.(?:weight|bias)$"))
 
-    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
-        if not self._kv_key.search(key):
-            return None
+    def _convert_kv(self, key, tensor, config, dst_kv, kv_init, seed):
         return self._convert_fused(key, tensor, config, dst_kv, kv_init, seed)
 
     def kv_weight_count(self, config) -> int:
@@ -419,9 +463,8 @@ class NativeFusedFamily(NativeFamily):
     def projections(self, parts):
         return self._fused_projections(parts, self.fused_qkv, self.o_projection)
 
-    @property
-    def layout(self) -> str:
-        return f"fused `{self.fused_qkv}` (q, k, v blocks)"
+    def describe(self) -> FamilyDocs:
+        return replace(super().describe(), layout=f"fused `{self.fused_qkv}` (q, k, v blocks)")
 
 
 def head_dim_scaling(config, layer_idx: int) -> float:
@@ -440,15 +483,15 @@ class PluginFamily(FamilyAdapter):
     What differs between such families is declared here; ``VariantAttention`` reads it.
 
     Attributes:
-        attention: the attention module, relative to a decoder layer (``attn``, ``self_attn``).
+        attention_module: the attention module, relative to a decoder layer (``attn``, ``self_attn``).
         qkv: names of its q/k/v projections: three (``q_proj``, ``k_proj``, ``v_proj``) or one fused module.
         fused_layout: the rows of a fused projection: ``blocks`` ``[q | k | v]`` (GPT-2), or ``grouped``,
             interleaved per K/V group ``[q .. q k v] x G``, which with G = H is GPT-NeoX's per-head layout
             ``[q k v] x H`` (so MHA stays the family's own layout; see ``heads.split_grouped_qkv``).
-        out_proj: the output projection; resid_dropout: a dropout module applied after it, if any.
+        out_module: the output projection, in the attention module; resid_dropout: a dropout module applied after it, if any.
         dropout_config: the config field holding the dropout on attention probabilities.
         conv1d: the projections are GPT-2's ``Conv1D`` (weights stored ``(in, out)``).
-        rotary: ``None``, ``half`` (rotate_half, GPT-NeoX) or ``interleaved`` (rotate_every_two, GPT-J), applied
+        rotary_style: ``None``, ``half`` (rotate_half, GPT-NeoX) or ``interleaved`` (rotate_every_two, GPT-J), applied
             to the first ``cos.shape[-1]`` dims of each head, with cos/sin from ``rotary_cos_sin``.
         scale_query: the scale multiplies the projected query and the kernel gets 1.0 (OPT's order).
         alibi: the layer passes ``alibi``, one score bias row per query head (BLOOM); eager attention only.
@@ -463,14 +506,14 @@ class PluginFamily(FamilyAdapter):
         config_class: the family's config class; the variant config subclasses it.
     """
 
-    attention: str = ""
+    attention_module: str = ""
     qkv: tuple[str, ...] = ()
     fused_layout: str = "blocks"
-    out_proj: str = ""
+    out_module: str = ""
     resid_dropout: str | None = None
     dropout_config: str | None = None
     conv1d: bool = False
-    rotary: str | None = None
+    rotary_style: str | None = None
     scale_query: bool = False
     alibi: bool = False
     residual_dropout_config: str | None = None
@@ -485,7 +528,7 @@ class PluginFamily(FamilyAdapter):
 
     def __post_init__(self):
         names = "|".join(re.escape(n) for n in self.kv_modules)
-        key = rf"(?:^|\.){re.escape(self.attention)}\.(?:{names})\.(?:weight|bias)$"
+        key = rf"(?:^|\.){re.escape(self.attention_module)}\.(?:{names})\.(?:weight|bias)$"
         object.__setattr__(self, "_kv_key", re.compile(key))
 
     @property
@@ -497,18 +540,20 @@ class PluginFamily(FamilyAdapter):
         """The projections (names in the attention module) whose rows depend on the K/V heads."""
         return self.qkv if self.fused else self.qkv[1:]
 
-    @property
-    def layout(self) -> str:
-        if not self.fused:
-            return "separate"
+    def describe(self) -> FamilyDocs:
         rows = {"blocks": "q, k, v blocks", "grouped": "[q k v] per head; a variant's: [q .. q k v] per K/V group"}
-        return f"fused `{self.attention}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
+        fused = f"fused `{self.attention_module}.{self.qkv[0]}` ({rows[self.fused_layout]})" + (
             ", Conv1D" if self.conv1d else ""
+        )
+        return FamilyDocs(
+            saved_as=f"plugin config `{self.variant_model_type}` (MHA: plain `{self.model_types[0]}`)",
+            layout=fused if self.fused else "separate",
+            notes=self.notes,
         )
 
     def declaration_errors(self) -> list[str]:
         """What is missing or wrong in this declaration (empty when it is complete)."""
-        required = ("attention", "qkv", "out_proj", "attention_class", "config_class", "model_classes")
+        required = ("attention_module", "qkv", "out_module", "attention_class", "config_class", "model_classes")
         missing = [f for f in (*required, "attention_scaling") if not getattr(self, f)]
         if missing:
             return [f"does not declare {missing}"]
@@ -517,8 +562,8 @@ class PluginFamily(FamilyAdapter):
             errors.append(f"qkv={self.qkv!r} must name one fused projection or three (q, k, v)")
         if self.fused_layout not in QKV_LAYOUTS:
             errors.append(f"fused_layout={self.fused_layout!r} is not one of {list(QKV_LAYOUTS)}")
-        if self.rotary not in ROTARY_STYLES:
-            errors.append(f"rotary={self.rotary!r} is not one of {list(ROTARY_STYLES)}")
+        if self.rotary_style not in ROTARY_STYLES:
+            errors.append(f"rotary_style={self.rotary_style!r} is not one of {list(ROTARY_STYLES)}")
         return errors
 
     def attention_dropout(self, config) -> float:
@@ -536,9 +581,7 @@ class PluginFamily(FamilyAdapter):
     def variant_model_type(self) -> str:
         return f"attn_variant_{self.model_types[0]}"
 
-    def convert_tensor(self, key, tensor, config, dst_kv, kv_init, seed=0):
-        if not self._kv_key.search(key):
-            return None
+    def _convert_kv(self, key, tensor, config, dst_kv, kv_init, seed):
         if not self.fused:
             return self._regroup(key, tensor, config, dst_kv, kv_init, seed)
         out_dim = -1 if (self.conv1d and tensor.ndim == 2) else 0
@@ -555,18 +598,6 @@ class PluginFamily(FamilyAdapter):
         return len(self.kv_modules) * self.num_layers(config)
 
     @property
-    def attention_module(self) -> str:
-        return self.attention
-
-    @property
-    def out_module(self) -> str:
-        return self.out_proj
-
-    @property
-    def rotary_style(self) -> str | None:
-        return self.rotary
-
-    @property
     def permutable(self) -> bool:
         return not self.alibi
 
@@ -579,11 +610,11 @@ class PluginFamily(FamilyAdapter):
             views = {}
             for part, name in zip("qkv", self.qkv, strict=True):
                 views[part], views[f"{part}_bias"] = self._per_head(getattr(attention, name), config, self.conv1d)
-        views["o"] = self._out_view(getattr(attention, self.out_proj), config, self.conv1d)
+        views["o"] = self._out_view(getattr(attention, self.out_module), config, self.conv1d)
         return views
 
     def projections(self, parts):
-        names = [f"{self.attention}.{n}" for n in (*self.qkv, self.out_proj)]
+        names = [f"{self.attention_module}.{n}" for n in (*self.qkv, self.out_module)]
         if self.fused:
             return self._fused_projections(parts, *names)
         by_letter = dict(zip("qkvo", names, strict=True))
@@ -593,23 +624,21 @@ class PluginFamily(FamilyAdapter):
     def lora_fan_in_fan_out(self) -> bool:
         return self.conv1d
 
-    @property
-    def saved_as(self) -> str:
-        return f"plugin config `{self.variant_model_type}` (MHA: plain `{self.model_types[0]}`)"
+    def saves_natively(self, config, dst_kv) -> bool:
+        """MHA is the family's own model (no plugin needed to load it); other head counts need the plugin."""
+        return dst_kv == self.num_heads(config)
 
     def own_config_values(self, config, dst_kv):
-        """MHA is the family's own model (no plugin needed to load it); other head counts need the plugin."""
-        return {} if dst_kv == self.num_heads(config) else None
+        return {}
 
     def _target_config(self, config, dst_kv):
         from .registry import variant_config_class
 
         values = self.config_values(config)
         values.pop("model_type", None)
-        own = self.own_config_values(config, dst_kv)
-        if own is not None:
+        if self.saves_natively(config, dst_kv):
             values.pop("num_key_value_heads", None)
-            return self.config_class.from_dict({**values, **own})
+            return self.config_class.from_dict({**values, **self.own_config_values(config, dst_kv)})
         values.update(self.plugin_config_values(config, dst_kv))
         return variant_config_class(self).from_dict({**values, "num_key_value_heads": dst_kv})
 
@@ -621,7 +650,7 @@ class PluginFamily(FamilyAdapter):
         from .registry import variant_model_classes
 
         base = getattr(model_class, "_attn_variant_base", model_class)
-        if self.own_config_values(config, dst_kv) is not None:
+        if self.saves_natively(config, dst_kv):
             return base
         variants = variant_model_classes(self)
         if base not in variants:
@@ -638,7 +667,7 @@ class MixedFamily(PluginFamily):
 
     A variant whose G the family's own config can hold is saved as the family's own model; any other G runs
     the plugin's ``VariantAttention`` under the plugin's config, exactly as for a ``PluginFamily``. Subclasses
-    say which G their config holds in ``own_config_values``.
+    say which G their config holds in ``saves_natively``, and its fields for them in ``own_config_values``.
 
     Attributes:
         own_counts: the G the family's own config holds, for the README's table.
@@ -655,13 +684,10 @@ class MixedFamily(PluginFamily):
         """The K/V heads of the family's own config (read off its flags, not ``num_key_value_heads``)."""
         raise NotImplementedError
 
-    @property
-    def layout(self) -> str:
-        return (
-            f"fused `{self.attention}.{self.qkv[0]}`, [q .. q k v] per K/V group "
-            "(MHA: [q k v] per head; MQA: [q | k | v] blocks)"
+    def describe(self) -> FamilyDocs:
+        return FamilyDocs(
+            saved_as=f"native for {self.own_counts}; other G: plugin config `{self.variant_model_type}`",
+            layout=f"fused `{self.attention_module}.{self.qkv[0]}`, [q .. q k v] per K/V group "
+            "(MHA: [q k v] per head; MQA: [q | k | v] blocks)",
+            notes=self.notes,
         )
-
-    @property
-    def saved_as(self) -> str:
-        return f"native for {self.own_counts}; other G: plugin config `{self.variant_model_type}`"

@@ -22,10 +22,10 @@ BLOOM = BloomFamily(
     ("bloom",),
     notes="ALiBi slopes stay with their query heads; eager attention only, as in transformers; "
     "slow_but_exact with pretraining_tp > 1 refused",
-    attention="self_attention",
+    attention_module="self_attention",
     qkv=("query_key_value",),
     fused_layout="grouped",
-    out_proj="dense",
+    out_module="dense",
     dropout_config="attention_dropout",
     alibi=True,
     residual_dropout_config="hidden_dropout",

@@ -27,15 +27,18 @@ class FalconFamily(MixedFamily):
             return config.num_kv_heads
         return 1 if config.multi_query else self.num_heads(config)
 
-    def own_config_values(self, config, dst_kv):
+    def saves_natively(self, config, dst_kv) -> bool:
         heads = self.num_heads(config)
         if config.new_decoder_architecture:
             # transformers' new-architecture attention broadcasts its K/V heads to all H before caching them, so
             # a native G < H would cache H heads and save nothing: those variants run the plugin's attention
-            return {"num_kv_heads": dst_kv} if dst_kv == heads else None
-        if dst_kv in (1, heads):
-            return {"multi_query": dst_kv == 1, "num_kv_heads": heads}
-        return None
+            return dst_kv == heads
+        return dst_kv in (1, heads)
+
+    def own_config_values(self, config, dst_kv):
+        if config.new_decoder_architecture:
+            return {"num_kv_heads": dst_kv}
+        return {"multi_query": dst_kv == 1, "num_kv_heads": self.num_heads(config)}
 
     def plugin_config_values(self, config, dst_kv):
         return {"multi_query": False, "num_kv_heads": dst_kv}  # old architecture, G K/V heads
@@ -66,11 +69,11 @@ FALCON = FalconFamily(
     ("falcon",),
     notes="rotary; new (num_kv_heads) and old (multi_query, parallel_attn) architectures, biases; alibi=True refused; "
     "new-architecture GQA runs the plugin's attention (transformers' own caches all H heads)",
-    attention="self_attention",
+    attention_module="self_attention",
     qkv=("query_key_value",),
     fused_layout="grouped",
-    out_proj="dense",
-    rotary="half",
+    out_module="dense",
+    rotary_style="half",
     divide_scores=True,
     attention_class=modeling_falcon.FalconAttention,
     model_classes=(

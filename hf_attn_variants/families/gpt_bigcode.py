@@ -20,9 +20,11 @@ class GPTBigCodeFamily(MixedFamily):
     def own_kv_heads(self, config) -> int:  # its config's num_key_value_heads can be stale (set before n_head)
         return 1 if config.multi_query else self.num_heads(config)
 
+    def saves_natively(self, config, dst_kv) -> bool:
+        return dst_kv in (1, self.num_heads(config))
+
     def own_config_values(self, config, dst_kv):
-        heads = self.num_heads(config)
-        return {"multi_query": dst_kv == 1} if dst_kv in (1, heads) else None
+        return {"multi_query": dst_kv == 1}
 
     def plugin_config_values(self, config, dst_kv):
         return {"multi_query": False}  # the plugin's num_key_value_heads holds G
@@ -39,10 +41,10 @@ GPT_BIGCODE = GPTBigCodeFamily(
     "gpt_bigcode",
     ("gpt_bigcode",),
     notes="SantaCoder/StarCoder; learned positions; MQA and MHA saved natively, GQA through the plugin",
-    attention="attn",
+    attention_module="attn",
     qkv=("c_attn",),
     fused_layout="grouped",
-    out_proj="c_proj",
+    out_module="c_proj",
     resid_dropout="resid_dropout",
     dropout_config="attn_pdrop",
     attention_class=modeling_gpt_bigcode.GPTBigCodeAttention,

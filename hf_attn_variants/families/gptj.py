@@ -31,12 +31,12 @@ GPTJ = GPTJFamily(
     ("gptj",),
     notes="partial rotary on interleaved pairs (rotate_every_two, rotary_dim); scores in float32 as GPT-J's eager; "
     "rotary_dim 0, odd or above head_dim refused (transformers' GPT-J cannot run them)",
-    attention="attn",
+    attention_module="attn",
     qkv=("q_proj", "k_proj", "v_proj"),
-    out_proj="out_proj",
+    out_module="out_proj",
     resid_dropout="resid_dropout",
     dropout_config="attn_pdrop",
-    rotary="interleaved",
+    rotary_style="interleaved",
     attention_scaling=head_dim_scaling,
     attention_class=modeling_gptj.GPTJAttention,
     model_classes=(

@@ -1,9 +1,13 @@
-"""The registry of family adapters: which adapter handles a config, and the Auto registrations."""
+"""The registry of family adapters: which adapter handles a config, and the variant classes built for them.
+
+It holds declarations only: the model layer (``hf_attn_variants.registration``) builds a plugin family's variant
+config and model classes, registers them with transformers' Auto classes and records them here, through the hook
+it installs with ``on_register``.
+"""
 
 from __future__ import annotations
 
-import transformers
-from transformers.models.auto import modeling_auto
+from collections.abc import Callable
 
 from .base import FamilyAdapter, PluginFamily
 
@@ -12,18 +16,20 @@ _BY_MODEL_TYPE: dict[str, FamilyAdapter] = {}
 _VARIANT_CONFIGS: dict[str, type] = {}
 _VARIANT_MODELS: dict[str, dict[type, type]] = {}
 _REFUSED: dict[str, str] = {}  # model_type -> why no family covers it
+_HOOKS: list[Callable[[FamilyAdapter], None]] = []  # called with each family registered
 
-# Auto classes that get the variant of a family's class, and the transformers mapping that names it
-_AUTO_CLASSES = (
-    (transformers.AutoModel, modeling_auto.MODEL_MAPPING_NAMES),
-    (transformers.AutoModelForCausalLM, modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
-    (transformers.AutoModelForSequenceClassification, modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
-    (transformers.AutoModelForTokenClassification, modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
-)
+
+def on_register(hook: Callable[[FamilyAdapter], None]) -> None:
+    """Call ``hook(family)`` for every family registered so far, in registration order, and for each one
+    registered later, when it is registered."""
+    _HOOKS.append(hook)
+    for family in families():
+        hook(family)
 
 
 def register_family(family: FamilyAdapter) -> FamilyAdapter:
-    """Register ``family``; for a plugin family, also its variant config and model classes with Auto.
+    """Register ``family``; for a plugin family, the hooks of the model layer then build and register its variant
+    config and model classes with Auto.
 
     Raises:
         ValueError: the name or a model_type is already registered, or the declaration is incomplete.
@@ -46,7 +52,9 @@ def register_family(family: FamilyAdapter) -> FamilyAdapter:
     for model_type in family.model_types:
         _BY_MODEL_TYPE[model_type] = family
     if isinstance(family, PluginFamily):
-        _register_variant_classes(family)
+        _BY_MODEL_TYPE[family.variant_model_type] = family
+    for hook in _HOOKS:
+        hook(family)
     return family
 
 
@@ -109,11 +117,12 @@ def families_table() -> str:
     for family in families():
         if not _derived(family):
             types = ", ".join(f"`{t}`" for t in family.model_types)
-            lines.append(f"| {family.name} | {types} | {family.saved_as} | {family.layout} | {family.notes} |")
+            docs = family.describe()
+            lines.append(f"| {family.name} | {types} | {docs.saved_as} | {docs.layout} | {docs.notes} |")
     if derived:
         types = ", ".join(f"`{t}`" for f in derived for t in f.model_types)
         lines.append(
-            f"| derived ({len(derived)}) | {types} | {derived[0].saved_as} | separate (read off transformers' "
+            f"| derived ({len(derived)}) | {types} | {derived[0].describe().saved_as} | separate (read off transformers' "
             "modules) | each proven by tests/test_derived_families.py; per type: [docs/families.md](docs/families.md) |"
         )
     return "\n".join(lines)
@@ -127,11 +136,12 @@ def derived_families_table() -> str:
     ]
     for family in families():
         if _derived(family):
-            qkv = family.layout if family.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
+            docs = family.describe()
+            qkv = docs.layout if docs.layout != "separate" else f"`{family.q_projection}`, `k_proj`, `v_proj`"
             sliced = ", ".join(f"`{n}`" for n in (*family.head_sliced, *family.fixed_heads))
             kv_shaped = ", ".join(f"`{n}`" for n in family.kv_shaped)
             lines.append(
-                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {family.notes} |"
+                f"| `{family.model_types[0]}` | {qkv} | `{family.o_projection}` | {kv_shaped} | {sliced} | {docs.notes} |"
             )
     return "\n".join(lines)
 
@@ -149,37 +159,26 @@ def _derived(family) -> bool:
     return isinstance(family, (DerivedFamily, DerivedFusedFamily))
 
 
+def record_variant_classes(family: PluginFamily, config_class: type, model_classes: dict[type, type]) -> None:
+    """Record the variant config class and the variant model classes (by the family's class) built for ``family``."""
+    _VARIANT_CONFIGS[family.name] = config_class
+    _VARIANT_MODELS[family.name] = dict(model_classes)
+
+
 def variant_config_class(family: PluginFamily) -> type:
-    return _VARIANT_CONFIGS[family.name]
+    """The config class of the family's plugin variants."""
+    return _variant_classes(_VARIANT_CONFIGS, family)
 
 
 def variant_model_classes(family: PluginFamily) -> dict[type, type]:
     """The family's model classes mapped to their variant subclasses."""
-    return _VARIANT_MODELS[family.name]
+    return _variant_classes(_VARIANT_MODELS, family)
 
 
-def _register_variant_classes(family: PluginFamily) -> None:
-    from .. import configuration, modeling
-
-    config_class = configuration.make_variant_config_class(family)
-    _expose(config_class, configuration)
-    transformers.AutoConfig.register(family.variant_model_type, config_class)
-    _VARIANT_CONFIGS[family.name] = config_class
-    _BY_MODEL_TYPE[family.variant_model_type] = family
-
-    models = {}
-    for base in family.model_classes:
-        variant = modeling.make_variant_model_class(family, base, config_class)
-        _expose(variant, modeling)
-        models[base] = variant
-        for auto_class, names in _AUTO_CLASSES:
-            if names.get(family.model_types[0]) == base.__name__:
-                auto_class.register(config_class, variant)
-    _VARIANT_MODELS[family.name] = models
-
-
-def _expose(cls: type, module) -> None:
-    """Make a generated class importable (and picklable) from ``module``."""
-    cls.__module__ = module.__name__
-    cls.__qualname__ = cls.__name__
-    setattr(module, cls.__name__, cls)
+def _variant_classes(built: dict, family: PluginFamily):
+    if family.name not in built:
+        raise ValueError(
+            f"no variant classes were built for the plugin family {family.name!r}: register it with "
+            "hf_attn_variants.register_family (the package's import installs what builds them)"
+        )
+    return built[family.name]
