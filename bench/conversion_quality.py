@@ -27,7 +27,8 @@ from transformers import HfArgumentParser, TrainingArguments
 
 import hf_attn_variants as hav
 from hf_attn_variants.io import write_json
-from hf_attn_variants.training import DataArguments, ModelArguments, UptrainArguments, load_blocks, make_trainer
+from hf_attn_variants.loading import load_blocks
+from hf_attn_variants.training import DataArguments, ModelArguments, UptrainArguments, make_trainer
 
 # (label, convert keyword arguments)
 METHODS = {
@@ -163,7 +164,7 @@ def main():
     if unknown:
         raise SystemExit(f"unknown methods {unknown}; choose from {list(METHODS)}")
     if args.model == "smollm2":
-        from hf_attn_variants.training import load_source
+        from hf_attn_variants.loading import load_source
 
         source, tokenizer, _ = load_source(ModelArguments(model_name_or_path="smollm2"))
         variants = args.variants or ["mqa"]

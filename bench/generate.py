@@ -24,8 +24,9 @@ import hf_attn_variants as hav
 from hf_attn_variants import timing
 from hf_attn_variants.families import family_for
 from hf_attn_variants.io import write_json
+from hf_attn_variants.loading import load_source
 from hf_attn_variants.tradeoff import resolve_variants
-from hf_attn_variants.training import ModelArguments, load_source
+from hf_attn_variants.training import ModelArguments
 
 
 @dataclass

@@ -9,7 +9,7 @@ transformers' Auto classes, and the fast decode kernel ``attn_implementation="ha
 import transformers as _transformers
 
 from .auto import AttnVariantForCausalLM, AttnVariantModel, AutoModel, AutoModelForCausalLM
-from .calibration import Calibration, calibrate
+from .calibrated import Calibration, calibrate
 from .configuration import AttnVariantConfig
 from .convert import convert, convert_state_dict
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode

@@ -1,4 +1,9 @@
-"""Conversion: a transform of a state dict plus a rewrite of the config, one path for every front end."""
+"""Conversion: a transform of a state dict plus a rewrite of the config, one path for every front end.
+
+:func:`convert` validates the request and dispatches: pooling, first, random and exact duplication are
+tensor-by-tensor transforms here; merges from calibration statistics run the pipeline of
+``hf_attn_variants.calibrated``.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,10 @@ import logging
 from collections.abc import Mapping
 
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .calibration import Calibration, call_hidden_states, eval_mode, module_calls, replay_inputs, with_ones
+from .calibrated import Calibration, merge_calibrated
 from .families import family_for
-from .merging import LayerHeads, merge_costs, merge_layer, similarity_groups
 from .recipe import POOL_METHODS, KVRecipe
 from .variants import check_kv_init, resolve_num_kv_heads
 
@@ -130,7 +133,7 @@ def convert(
     check_merge_options(family, recipe)
     if merging and recipe.needs_calibration:
         if calibration is None and tokenizer is not None:
-            from .calibration import calibrate
+            from .calibrated.calibration import calibrate
 
             calibration = calibrate(model, tokenizer, **recipe.calibrate_kwargs())
         if callable(calibration) and not isinstance(calibration, Calibration):
@@ -142,10 +145,7 @@ def convert(
                 "kv_init='mean' without fit, grouping, sequential or refine_steps)"
             )
         logger.info("converting to %d K/V heads with %s", dst, recipe.label())
-        merged = _convert_merged(model, family, dst, recipe.kv_init, calibration, recipe.grouping, recipe.fit,
-                                 recipe.sequential)  # fmt: skip
-        if recipe.refine_steps:
-            refine_attention(model, merged, family, calibration, recipe.refine_steps, recipe.refine_lr)
+        merged = merge_calibrated(model, family, dst, recipe, calibration)
         record_recipe(merged, recipe if merging else None, calibration)
         return merged
     new = _convert_pooled(model, family, config, dst, recipe)
@@ -201,124 +201,3 @@ def _fixed_heads(family) -> str:
     """What ties a family's query heads to their positions, for the error."""
     fixed = getattr(family, "fixed_heads", ())
     return f"per-head {', '.join(fixed)}" if fixed else "ALiBi slopes"
-
-
-@torch.no_grad()
-def _convert_merged(model, family, dst, kv_init, calibration, grouping, fit, sequential):
-    """Merge each layer's heads in MHA form (the source expanded exactly), then pool the now equal heads."""
-    with eval_mode(model):  # no dropout while the source is replayed
-        merged = _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential)
-    return merged.train(model.training)
-
-
-def _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, sequential):
-    mha = convert(model, "mha")
-    config = mha.config
-    modules = family.attention_modules(mha)
-    for _, module in modules:  # the expansion shares tensors with `model`, which must not change
-        for param in module.parameters():
-            param.data = param.data.clone()
-    if set(calibration.moments) != {name for name, _ in modules}:
-        raise ValueError(
-            f"the calibration was made on another model: it covers {len(calibration.moments)} attention modules "
-            f"({sorted(calibration.moments)[:2]}...), this model has {len(modules)} ({modules[0][0]}...)"
-        )
-    layout = family.head_layout(mha, config)
-    sources = dict(family.attention_modules(model))
-    for name, module in tqdm(modules, desc=f"merge K/V heads ({kv_init})", disable=len(modules) < 4):
-        views = family.head_views(module, config)
-        heads = _read_heads(views)
-        source_cols = heads.o  # (H, hidden, head_dim), in the source's head order
-        if sequential:  # what this layer sees once the layers before it are converted
-            calls = module_calls(mha, module, calibration.input_ids)
-            rows = [with_ones(call_hidden_states(call)) for call in calls]
-            s = sum(x.T @ x for x in rows) / sum(len(x) for x in rows)
-        else:
-            s = calibration.moments[name].to(torch.float64)
-        if grouping == "similarity":
-            order = similarity_groups(merge_costs(heads, s, layout), dst).flatten()
-            heads = heads.permute(order)
-            for sliced in family.head_sliced:
-                weight = getattr(module, sliced).weight
-                weight.copy_(weight.unflatten(0, (len(order), -1))[order].flatten())
-        _write_heads(views, merge_layer(heads, s, layout, dst, kv_init, fit, keys=not family.keys_normed(config)))
-        if sequential:
-            fit_output_projection(sources[name], module, family.out_module, calls, source_cols, views)
-    return convert(mha, None, dst, "mean")
-
-
-@torch.no_grad()
-def fit_output_projection(source, variant, out_name, calls, source_cols, views) -> None:
-    """Re-fit the variant attention's output projection, by least squares, to the source attention's output.
-
-    Both attention modules replay ``calls`` (the variant's own inputs, from its converted earlier layers);
-    the inputs of their output projections are collected, and the variant's projection becomes the one
-    that maps its inputs closest to the source's output ``a_src @ W_src^T`` (``source_cols`` is
-    ``W_src``'s columns per head, ``(H, hidden, head_dim)``).
-    """
-    gram, cross = 0, 0
-    pairs = zip(
-        replay_inputs(source, getattr(source, out_name), calls),
-        replay_inputs(variant, getattr(variant, out_name), calls),
-        strict=True,
-    )
-    for a_src, a_var in pairs:
-        a_src = a_src.reshape(-1, a_src.shape[-1]).to(torch.float64).cpu()  # (tokens, H * head_dim)
-        a_var = a_var.reshape(-1, a_var.shape[-1]).to(torch.float64).cpu()
-        gram, cross = gram + a_var.T @ a_var, cross + a_var.T @ a_src
-    w_src = source_cols.permute(1, 0, 2).flatten(1)  # (hidden, H * head_dim)
-    ridge = 1e-6 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-    w_var = torch.linalg.solve(gram + ridge, cross @ w_src.T).T  # (hidden, H * head_dim)
-    views["o"].copy_(w_var.unflatten(1, views["o"].shape[1:]))
-
-
-def refine_attention(source, variant, family, calibration, steps: int, lr: float) -> None:
-    """Train each attention layer of ``variant`` in turn to reproduce ``source``'s attention output.
-
-    Layer by layer, from the first: the layer's inputs are collected on the calibration text through the
-    already refined layers before it, the source's attention module gives the target on the same inputs,
-    and Adam takes ``steps`` full passes over them on the layer's own weights (loss: squared error over the
-    target's mean square). Nothing else changes.
-    """
-    sources = dict(family.attention_modules(source))
-    with eval_mode(source, variant):
-        for name, module in tqdm(family.attention_modules(variant), desc="refine attention layers"):
-            calls = module_calls(variant, module, calibration.input_ids)
-            with torch.no_grad():
-                targets = [sources[name](*args, **kwargs)[0] for args, kwargs in calls]
-            params = list(module.parameters())
-            flags = [p.requires_grad for p in params]
-            optimizer = torch.optim.Adam(params, lr=lr)
-            with torch.enable_grad():
-                for p in params:
-                    p.requires_grad_(True)
-                for _ in range(steps):
-                    for (args, kwargs), target in zip(calls, targets, strict=True):
-                        out = module(*args, **kwargs)[0]
-                        loss = (out - target).pow(2).mean() / target.pow(2).mean().clamp(min=1e-12)
-                        (loss / len(calls)).backward()
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-            for p, flag in zip(params, flags, strict=True):
-                p.requires_grad_(flag)
-
-
-def _read_heads(views) -> LayerHeads:
-    """The float64 ``LayerHeads`` of per-head views; a missing bias is a zero column."""
-
-    def rows(part):
-        weight, bias = views[part].to(torch.float64).cpu(), views[f"{part}_bias"]
-        bias = torch.zeros(weight.shape[:2], dtype=torch.float64) if bias is None else bias.to(torch.float64).cpu()
-        return torch.cat([weight, bias.unsqueeze(-1)], dim=-1)  # (H, head_dim, hidden + 1)
-
-    o = views["o"].to(torch.float64, copy=True).cpu()  # (hidden, H, head_dim), never a view of the parameter
-    return LayerHeads(rows("q"), rows("k"), rows("v"), o.permute(1, 0, 2))
-
-
-def _write_heads(views, heads: LayerHeads) -> None:
-    for part in "qkv":
-        rows = getattr(heads, part)
-        views[part].copy_(rows[..., :-1])
-        if views[f"{part}_bias"] is not None:
-            views[f"{part}_bias"].copy_(rows[..., -1])
-    views["o"].copy_(heads.o.permute(1, 0, 2))

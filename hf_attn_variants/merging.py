@@ -29,6 +29,8 @@ columns of the output projection (values). What each method does, per group:
 ``fit`` (implied by ``svd``) re-fits, after merging, each query head (per pair: a complex coefficient; without
 RoPE: a ``head_dim`` square map) and each head's output-projection columns by least squares onto the
 shared key and value.
+
+``hf_attn_variants.calibrated`` runs these on whole models: it collects ``S`` and reads and writes each layer.
 """
 
 from __future__ import annotations

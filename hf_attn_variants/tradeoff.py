@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import timing
-from .calibration import calibration_for
+from .calibrated import calibration_for
 from .convert import convert
 from .data import DEFAULT_DATASET
 from .families import family_for
@@ -112,7 +112,8 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
 
     Everything is written to a temporary folder that replaces ``cfg.out`` only when the run is complete.
     """
-    from .training import DataArguments, ModelArguments, load_blocks, load_source
+    from .loading import load_blocks, load_source
+    from .training import DataArguments, ModelArguments
 
     check_config(cfg)
     out = check_output_dir(cfg.src, cfg.out, cfg.overwrite)

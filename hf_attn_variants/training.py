@@ -22,16 +22,13 @@ import torch.nn.functional as F
 import transformers
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
-from .calibration import calibration_for
-from .checkpoint import dtype_from_name
+from .calibrated import calibration_for
 from .choices import DTYPES
-from .convert import convert, drop_gguf_record
-from .data import DEFAULT_DATASET, check_data_files, load_texts, pack, split_blocks
-from .default_model import resolve_source, source_name
+from .convert import convert
+from .data import DEFAULT_DATASET, check_data_files
 from .families import family_for
-from .io import check_checkpoint_folder
+from .loading import check_source, load_blocks, load_source
 from .recipe import KVRecipe
-from .sources import load_config, load_tokenizer
 from .variants import ATTN_VARIANTS, resolve_num_kv_heads
 
 TRAINED = {"all": "all weights", "kv": "K/V projections", "qkvo": "attention projections"}
@@ -267,35 +264,6 @@ def check_data_arguments(data_args) -> None:
         check_data_files(data_args.data_files)
 
 
-def check_source(model_name_or_path: str, gguf_file: str | None = None, model_args=None):
-    """Read the source's config and check it (and the variant asked for, against its heads) before any weight is
-    read or output_dir exists; returns the config."""
-    src, gguf_file = resolve_source(model_name_or_path, gguf_file)
-    config = load_config(src, gguf_file)
-    family = family_for(config)
-    family.check_config(config)
-    if model_args is not None and (model_args.attn_variant or model_args.num_key_value_heads):
-        resolve_num_kv_heads(model_args.attn_variant, model_args.num_key_value_heads, family.num_heads(config))
-    return config
-
-
-def load_source(model_args: ModelArguments):
-    """``(source model, tokenizer, display name)``; only safetensors or GGUF weights are read."""
-    name = source_name(model_args.model_name_or_path, model_args.gguf_file)
-    src, gguf_file = resolve_source(model_args.model_name_or_path, model_args.gguf_file)
-    located = {"gguf_file": gguf_file} if gguf_file else {}
-    if not gguf_file and Path(src).is_dir():
-        check_checkpoint_folder(src)  # safetensors only, intact, no index entry outside the folder
-    tokenizer = load_tokenizer(src, gguf_file)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs = dict(located or {"use_safetensors": True}, dtype=dtype_from_name(model_args.dtype))
-    if model_args.attn_implementation:
-        kwargs["attn_implementation"] = model_args.attn_implementation
-    source = drop_gguf_record(transformers.AutoModelForCausalLM.from_pretrained(src, **kwargs))
-    return source, tokenizer, name
-
-
 def build_student(source, model_args: ModelArguments, keep_source: bool, tokenizer=None, blocks=None):
     """The model to train: ``source`` converted to the requested variant (``source`` itself if none).
 
@@ -365,20 +333,6 @@ def describe_uptraining(model_args, uptrain_args, steps: int, tokens: int, secon
         else "LM loss"
     )
     return f"{steps} steps, {tokens:,} tokens, {what}, {loss}, {seconds:.0f} s"
-
-
-def load_blocks(data_args: DataArguments, tokenizer):
-    """``(train, held_out)`` token blocks of the text ``data_args`` names."""
-    texts = load_texts(
-        data_args.dataset_name,
-        data_args.dataset_config,
-        data_args.dataset_split,
-        data_args.data_files,
-        data_args.text_column,
-    )
-    return split_blocks(
-        pack(texts, tokenizer, data_args.block_size), data_args.eval_fraction, data_args.max_eval_blocks
-    )
 
 
 def prepare_for_training(model, model_args: ModelArguments, uptrain_args: UptrainArguments):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import hf_attn_variants as hav
-from hf_attn_variants.calibration import Calibration, calibration_blocks, collect_moments
-from hf_attn_variants.convert import _read_heads, _write_heads
+from hf_attn_variants.calibrated.calibration import Calibration, calibration_blocks, collect_moments
+from hf_attn_variants.calibrated.fitting import _read_heads, _write_heads
 from hf_attn_variants.heads import regroup_kv_heads
 from hf_attn_variants.merging import (
     HeadLayout,

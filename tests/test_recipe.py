@@ -115,7 +115,7 @@ def test_the_default_with_a_tokenizer_is_the_best_recipe_and_without_one_mean(tm
 
 
 def test_expansion_never_calibrates(monkeypatch):
-    import hf_attn_variants.calibration as calibration
+    import hf_attn_variants.calibrated.calibration as calibration
 
     monkeypatch.setattr(calibration, "calibrate", lambda *a, **k: pytest.fail("expansion calibrated"))
     source = tiny_model("llama", vocab_size=len(char_tokenizer()))

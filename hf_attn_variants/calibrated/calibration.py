@@ -1,8 +1,8 @@
 """Calibration: what the attention layers of a model see on some text, for merging K/V heads well.
 
 For each attention module, the second moment ``E[x x^T]`` of its input ``x = [hidden_states; 1]`` over the
-calibration tokens: from it ``hf_attn_variants.merging`` computes every expectation of keys, queries and
-values it needs. The token blocks are kept too, so a conversion can recompute the moments layer by layer
+calibration tokens: from it the head math of ``hf_attn_variants.merging`` computes every expectation of keys,
+queries and values it needs. The token blocks are kept too, so a conversion can recompute the moments layer by layer
 on the partly converted model (``sequential=True``).
 """
 
@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import DEFAULT_DATASET, load_texts, pack
+from ..data import DEFAULT_DATASET, load_texts, pack
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibrat
     ``dataset``/``dataset_config``/``data_files`` (by default Python's help text, less the last
     ``exclude_last`` = 10% that training holds out) or ``blocks`` (token blocks to draw from directly).
     """
-    from .families import family_for
+    from ..families import family_for
 
     limit = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     if draw.get("blocks") is None and limit and draw.get("seq_len", 256) > limit:
