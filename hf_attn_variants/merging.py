@@ -237,11 +237,14 @@ def merge_group(
     fit: bool = False,
     keys: bool = True,
     merge: bool = True,
+    values: bool = True,
 ) -> LayerHeads:
     """One group of query heads with one shared key and value (repeated per head, so the result stays in MHA form).
 
     ``keys=False`` keeps the query projections as they are and averages the keys (families that normalise
-    their keys after projecting them: a map on the key would not pass through the norm). ``merge=False``
+    their keys after projecting them: a map on the key would not pass through the norm); ``values=False``
+    keeps the output projection and averages the values (families that gate each head's output per dim before
+    the output projection). ``merge=False``
     (``aligned`` only) returns the heads after the function-preserving alignment, before averaging them.
     """
     if method not in MERGE_METHODS:
@@ -270,6 +273,9 @@ def merge_group(
             qf = maps.mT @ qf  # q . (M z) = (M^T q) . z
         q[:, free], k[:, free] = qf, (shared if merge else align @ kf)
     o_cols = heads.o  # (n, hidden, head_dim)
+    if not values:
+        v = heads.v.mean(0).expand_as(heads.v).clone() if merge else heads.v.clone()
+        return LayerHeads(q, k, v, o_cols)
     shared, align, maps = merge_free(heads.v, o_cols.mT @ o_cols, s, method, fit)
     o_cols = o_cols @ align.mT  # v' = R v, o' = o R^T
     if maps is not None:
@@ -287,11 +293,12 @@ def merge_layer(
     fit: bool = False,
     keys: bool = True,
     merge: bool = True,
+    values: bool = True,
 ) -> LayerHeads:
     """Every contiguous group of ``heads.q.shape[0] // num_groups`` heads merged by :func:`merge_group`."""
     n = heads.q.shape[0] // num_groups
     merged = [
-        merge_group(_select(heads, slice(g * n, (g + 1) * n)), s, layout, method, fit, keys, merge)
+        merge_group(_select(heads, slice(g * n, (g + 1) * n)), s, layout, method, fit, keys, merge, values)
         for g in range(num_groups)
     ]
     return LayerHeads(*(torch.cat([getattr(m, f) for m in merged]) for f in ("q", "k", "v", "o")))

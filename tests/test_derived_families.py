@@ -10,6 +10,9 @@ it is what the derivation gives today and that every causal-LM model type of tra
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +22,10 @@ from safetensors.torch import save_file
 
 import hf_attn_variants as hav
 from hf_attn_variants.families import derived, generic, hand_written_model_types, refused_model_types
+from hf_attn_variants.merging import merge_layer
 
 from .conftest import FAMILIES, NATIVE, PLUGIN, kv_heads_in_cache, native_kv_heads, run_script_on_cases, tiny_model
+from .test_merging import calibration_of, randomize_norms, rewrite_layers
 
 DERIVED = [t for f in derived.DERIVED_FAMILIES for t in f.model_types]
 MATRIX = NATIVE + DERIVED  # hand-written native families on their TINY configs, derived ones on generic ones
@@ -122,6 +127,32 @@ def test_variant_reloads_with_plain_transformers(reloads, model_type):
     assert found == {"class": own, "num_key_value_heads": 1, "equal": True}
 
 
+@pytest.mark.parametrize("model_type", DERIVED)
+def test_alignment_alone_leaves_the_function_unchanged(model_type, input_ids):
+    """Calibrated merges turn each RoPE pair of a query and its key by one phase: exact only with the type's own
+    pairing (``rotary_style``, probed by the derivation), so a wrong pairing shows here as changed logits."""
+    mha = in_float64(hav.convert(mha_source(model_type), "mha"))
+    randomize_norms(mha)
+    adapter = hav.family_for(mha.config)
+    calibration, layout = calibration_of(mha), adapter.head_layout(mha, mha.config)
+    keys, values = not adapter.keys_normed(mha.config), not adapter.gated_outputs
+    before = logits(mha, input_ids)
+    rewrite_layers(
+        mha,
+        lambda heads, name: merge_layer(
+            heads, calibration.moments[name], layout, 2, "aligned", keys=keys, merge=False, values=values
+        ),
+    )
+    torch.testing.assert_close(logits(mha, input_ids), before, atol=1e-6, rtol=0)  # some norms compute in float32
+
+
+def in_float64(model):
+    """``model`` in float64, its experts (mixture-of-experts types) run by the eager loop torch allows in float64."""
+    if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
+        model.set_experts_implementation("eager")
+    return model.double()
+
+
 def test_derived_py_is_what_the_derivation_gives():
     text = generic.render_module(*generic.survey(hand_written_model_types()))
     path = Path(derived.__file__)
@@ -148,7 +179,8 @@ def test_every_registered_family_is_in_a_matrix():
 def test_hand_written_native_families_declare_what_the_derivation_finds(model_type):
     found = generic.derive_declaration(model_type)
     family = HAND_NATIVE[model_type]
-    for field in ("q_projection", "kv_projections", "o_projection", "kv_shaped", "fused_qkv", "normed_keys"):
+    fields = ("q_projection", "kv_projections", "o_projection", "kv_shaped", "fused_qkv", "normed_keys", "rotary_style")
+    for field in fields:
         if field in found or getattr(family, field, None):
             assert getattr(family, field) == found.get(field, type(family).__dataclass_fields__[field].default), field
     assert set(family.head_sliced) == set(found.get("head_sliced", ()))
@@ -167,6 +199,44 @@ def test_hand_written_native_families_declare_what_the_derivation_finds(model_ty
 def test_a_refused_type_is_refused_with_its_reason(config, reason):
     with pytest.raises(ValueError, match=rf"'{config.model_type}' is not supported.*'{config.model_type}': .*{reason}"):
         hav.family_for(config)
+
+
+def test_a_setting_that_builds_another_attention_is_refused_by_name(tmp_path):
+    """Cohere's use_qk_norm=True (Command R+) adds a key norm with one row per K/V head; the survey flips each bool
+    setting of a type's config and refuses those that build an attention the declaration does not describe."""
+    source = tmp_path / "cohere"
+    tiny_model("cohere", use_qk_norm=True).save_pretrained(source)
+    reason = "attention tensors with an unknown dependence on num_key_value_heads: ['k_norm.weight(2, 16)']"
+    message = f"cohere with use_qk_norm=True is not supported: {reason}"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        hav.convert(tiny_model("cohere", use_qk_norm=True), "mqa")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hf_attn_variants.cli",
+            "convert",
+            str(source),
+            str(tmp_path / "out"),
+            "--variant",
+            "mqa",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert (result.returncode, result.stderr.strip().splitlines()[-1]) == (
+        2,
+        f"hf-attn-variants convert: error: {message}",
+    )
+    assert not (tmp_path / "out").exists()
+    assert hav.convert(tiny_model("cohere"), "mqa").config.num_key_value_heads == 1  # the default setting converts
+
+
+def test_a_key_norm_flag_makes_calibrated_merges_keep_the_keys_unturned():
+    family = hav.family_for(tiny_model("glm4_moe").config)
+    assert not family.normed_keys
+    assert family.keys_normed(generic.tiny_config("glm4_moe", use_qk_norm=True))
+    assert not family.keys_normed(generic.tiny_config("glm4_moe"))
 
 
 def test_an_unknown_type_is_refused_as_unknown():

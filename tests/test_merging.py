@@ -43,6 +43,15 @@ def logits(model, ids):
         return model(input_ids=ids).logits
 
 
+def randomize_norms(model, seed=1) -> None:
+    """Norm weights off their initial ones, so that a per-dim weight on a key or an output shows in a test."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.add_(0.5 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+
+
 def rewrite_layers(model, change) -> None:
     """Apply ``change(LayerHeads, name) -> LayerHeads`` to every attention layer of an MHA-form ``model``."""
     family = hav.family_for(model.config)
@@ -148,6 +157,18 @@ def test_merge_costs_are_zero_for_equal_heads_only():
     torch.testing.assert_close(costs, costs.T)
 
 
+@pytest.mark.parametrize("method", ["mean", "aligned", "svd"])
+def test_values_false_keeps_the_output_projection_and_averages_the_values(method):
+    torch.manual_seed(0)
+    heads = LayerHeads(*(torch.randn(3, 4, 5, dtype=torch.float64) for _ in range(3)), torch.randn(3, 6, 4).double())
+    s = torch.eye(5, dtype=torch.float64)
+    merged = merge_group(heads, s, HeadLayout.rotary(4, 4, "half"), method, values=False)
+    assert torch.equal(merged.o, heads.o)
+    assert torch.equal(merged.v, heads.v.mean(0).expand_as(heads.v))
+    aligned = merge_group(heads, s, HeadLayout.rotary(4, 4, "half"), "aligned", merge=False, values=False)
+    assert torch.equal(aligned.v, heads.v) and torch.equal(aligned.o, heads.o)
+
+
 def test_align_only_with_merging_methods_is_refused():
     heads = LayerHeads(*(torch.zeros(2, 4, 3, dtype=torch.float64) for _ in range(4)))
     with pytest.raises(ValueError, match="^merge=False shows the alignment alone: use method='aligned' without fit$"):
@@ -163,13 +184,16 @@ def test_align_only_with_merging_methods_is_refused():
 def test_alignment_alone_leaves_the_function_unchanged(family):
     """Phases per RoPE pair, orthogonal maps on keys without RoPE and on values: logits unchanged (1e-4)."""
     mha = hav.convert(tiny_model(family).double(), "mha")
+    randomize_norms(mha)
     adapter, ids = hav.family_for(mha.config), random_ids()
     calibration, layout = calibration_of(mha), adapter.head_layout(mha, mha.config)
-    keys = not adapter.keys_normed(mha.config)
+    keys, values = not adapter.keys_normed(mha.config), not adapter.gated_outputs
     before = logits(mha, ids)
     rewrite_layers(
         mha,
-        lambda heads, name: merge_layer(heads, calibration.moments[name], layout, 2, "aligned", keys=keys, merge=False),
+        lambda heads, name: merge_layer(
+            heads, calibration.moments[name], layout, 2, "aligned", keys=keys, merge=False, values=values
+        ),
     )
     torch.testing.assert_close(logits(mha, ids), before, atol=1e-4, rtol=0)
 

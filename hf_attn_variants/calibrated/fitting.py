@@ -56,7 +56,8 @@ def _merge_in_mha_form(model, family, dst, kv_init, calibration, grouping, fit, 
             for sliced in family.head_sliced:
                 weight = getattr(module, sliced).weight
                 weight.copy_(weight.unflatten(0, (len(order), -1))[order].flatten())
-        _write_heads(views, merge_layer(heads, s, layout, dst, kv_init, fit, keys=not family.keys_normed(config)))
+        keys, values = not family.keys_normed(config), not family.gated_outputs
+        _write_heads(views, merge_layer(heads, s, layout, dst, kv_init, fit, keys=keys, values=values))
         if sequential:
             fit_output_projection(sources[name], module, family.out_module, calls, source_cols, views)
     return convert(mha, None, dst, "mean")

@@ -96,6 +96,10 @@ def _check_rope(values, where: str) -> None:
                 raise ValueError(f"{where}: {name} rope_type={kind!r} is not one of {valid}")
 
 
+ROTARY_STYLES = (None, "half", "interleaved")  # how RoPE pairs the dims of a head (None: no RoPE)
+KEY_NORM_FLAGS = ("qk_layernorm", "use_qk_norm")  # config flags that add norms on the keys
+
+
 @dataclass(frozen=True)
 class FamilyDocs:
     """How a family is described in the README's table of families (``families_table``); no conversion reads it.
@@ -123,6 +127,9 @@ class FamilyAdapter:
             its query projections and averages the keys; values are merged as usual).
         head_sliced: modules of the attention (relative to it) holding one weight slice per query head,
             reordered with the heads.
+        gated_outputs: each head's attention output is scaled per dim before the output projection (a gate or a
+            norm with heads x head_dim weights): calibrated merging then averages the values instead of turning
+            them (an orthogonal map on a value would not pass through the gate).
     """
 
     name: str
@@ -130,12 +137,19 @@ class FamilyAdapter:
     notes: str = ""
     normed_keys: bool = False  # keys are normalised after projection: a map on them would not pass the norm
     head_sliced: tuple[str, ...] = ()  # modules in the attention with one weight slice per query head
+    gated_outputs: bool = False  # attention outputs scaled per dim before the output projection
 
     native: ClassVar[bool] = True  # saved as the family's own model_type with fewer K/V heads
 
     def describe(self) -> FamilyDocs:
         """The family's row of the README's table: how a variant is saved, the q/k/v layout, the notes."""
         return FamilyDocs(saved_as="native (own model_type, fewer K/V heads)", layout="separate", notes=self.notes)
+
+    def declaration_errors(self) -> list[str]:
+        """What is wrong in this declaration (empty when it is valid); ``register_family`` refuses the others."""
+        if self.rotary_style not in ROTARY_STYLES:
+            return [f"rotary_style={self.rotary_style!r} is not one of {list(ROTARY_STYLES)}"]
+        return []
 
     # -- head counts read off a config ------------------------------------------------------------------
     def num_heads(self, config) -> int:
@@ -282,8 +296,9 @@ class FamilyAdapter:
         raise NotImplementedError
 
     def keys_normed(self, config) -> bool:
-        """Whether keys are normalised after projection (``normed_keys``, or a ``qk_layernorm`` flag set)."""
-        return self.normed_keys or bool(getattr(config, "qk_layernorm", False))
+        """Whether keys are normalised after projection (``normed_keys``, or a ``qk_layernorm``/``use_qk_norm`` flag
+        set)."""
+        return self.normed_keys or any(getattr(config, flag, False) is True for flag in KEY_NORM_FLAGS)
 
     def attention_modules(self, model) -> list[tuple[str, torch.nn.Module]]:
         """``(name, module)`` of every attention module of ``model``, in layer order."""
@@ -302,12 +317,13 @@ class FamilyAdapter:
         """Which dims of a head the family's RoPE rotates together."""
         if self.rotary_style is None:
             return HeadLayout.rotary(self.head_dim(config), 0, None)
-        dims = getattr(config, "rotary_dim", None)
-        if not dims:
-            found = {int(b.numel()) for n, b in model.named_buffers() if n.endswith("inv_freq")}
-            if len(found) != 1:
-                raise ValueError(f"{self.name}: cannot tell the rotary dims of the model (inv_freq sizes {found})")
-            dims = 2 * found.pop()
+        # the frequencies the model computes with; a config's rotary_dim only where it keeps none (GPT-J)
+        found = {2 * int(b.numel()) for n, b in model.named_buffers() if n.endswith("inv_freq")}
+        if not found and getattr(config, "rotary_dim", None):
+            found = {config.rotary_dim}
+        if len(found) != 1:
+            raise ValueError(f"{self.name}: cannot tell the rotary dims of the model (inv_freq sizes {found})")
+        dims = found.pop()
         return HeadLayout.rotary(self.head_dim(config), dims, self.rotary_style)
 
     def _per_head(self, module, config, conv1d=False):
@@ -385,12 +401,20 @@ class FamilyAdapter:
 
 @dataclass(frozen=True)
 class NativeFamily(FamilyAdapter):
-    """A family with separate q/k/v/o projections and ``num_key_value_heads`` in its own config."""
+    """A family with separate q/k/v/o projections and ``num_key_value_heads`` in its own config.
+
+    Attributes:
+        rotary_style: how its RoPE pairs the dims of a head: ``half`` (``rotate_half``, Llama), ``interleaved``
+            (adjacent dims, Cohere, GLM) or ``None`` (no RoPE). Calibrated merges turn each pair as one
+            complex number, so a wrong pairing would change the function; derived families have it probed
+            (``generic.rope_pairing``).
+    """
 
     kv_projections: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
     q_projection: str = "self_attn.q_proj"
     o_projection: str = "self_attn.o_proj"
     kv_shaped: tuple[str, ...] = ()  # other modules whose weights have one slice per K/V head (OLMo-2's k_norm)
+    rotary_style: str | None = "half"
 
     def __post_init__(self):
         parts = "|".join(re.escape(p) for p in self.kv_projections + self.kv_shaped)
@@ -473,7 +497,6 @@ def head_dim_scaling(config, layer_idx: int) -> float:
 
 
 QKV_LAYOUTS = ("blocks", "grouped")  # rows of a fused q/k/v projection
-ROTARY_STYLES = (None, "half", "interleaved")
 
 
 @dataclass(frozen=True)
@@ -562,9 +585,7 @@ class PluginFamily(FamilyAdapter):
             errors.append(f"qkv={self.qkv!r} must name one fused projection or three (q, k, v)")
         if self.fused_layout not in QKV_LAYOUTS:
             errors.append(f"fused_layout={self.fused_layout!r} is not one of {list(QKV_LAYOUTS)}")
-        if self.rotary_style not in ROTARY_STYLES:
-            errors.append(f"rotary_style={self.rotary_style!r} is not one of {list(ROTARY_STYLES)}")
-        return errors
+        return errors + super().declaration_errors()
 
     def attention_dropout(self, config) -> float:
         return float(getattr(config, self.dropout_config, 0.0) or 0.0) if self.dropout_config else 0.0

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import NativeFamily, NativeFusedFamily
+from .base import KEY_NORM_FLAGS, NativeFamily, NativeFusedFamily
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,15 @@ class DerivedFamily(NativeFamily):
     """
 
     fixed_heads: tuple[str, ...] = ()
+    refused_settings: tuple[tuple[str, object, str], ...] = ()
 
     @property
     def permutable(self) -> bool:
         return not self.fixed_heads
+
+    def check_config(self, config) -> None:
+        super().check_config(config)
+        check_settings(self, config)
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,23 @@ class DerivedFusedFamily(NativeFusedFamily):
     """A derived native family whose q, k and v share one fused ``[q | k | v]`` projection."""
 
     fixed_heads: tuple[str, ...] = ()
+    refused_settings: tuple[tuple[str, object, str], ...] = ()
 
     @property
     def permutable(self) -> bool:
         return not self.fixed_heads
+
+    def check_config(self, config) -> None:
+        super().check_config(config)
+        check_settings(self, config)
+
+
+def check_settings(family, config) -> None:
+    """Refuse a config with a setting the derivation found to build another attention (``refused_settings``:
+    ``(field, value, reason)``, e.g. Cohere's ``use_qk_norm=True``, whose key norm has one row per K/V head)."""
+    for field, value, reason in family.refused_settings:
+        if getattr(config, field, None) == value:
+            raise ValueError(f"{family.name} with {field}={value!r} is not supported: {reason}")
 
 
 HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 2, 4, 2, 16, 96
@@ -255,8 +273,52 @@ def derive_declaration(model_type: str) -> dict:
     """
     if model_type in KNOWN_DEPARTURES:
         raise Refused(KNOWN_DEPARTURES[model_type])
+    declaration = _derive_or_refuse(model_type)
+    refused = []
+    for field, value in switchable_settings(model_type):
+        try:
+            other = _derive(model_type, probe=False, **{field: value})
+        except Refused as reason:
+            refused.append((field, value, str(reason)))
+            continue
+        except Exception:  # noqa: BLE001 - transformers builds no model with this setting: nothing to refuse
+            continue
+        different = [k for k in {**declaration, **other} if k not in UNCOMPARED and declaration.get(k) != other.get(k)]
+        if "normed_keys" in different and (field in KEY_NORM_FLAGS or not other.get("normed_keys")):
+            different.remove("normed_keys")  # keys_normed reads the flag; or keys taken as normed needlessly
+        if different:
+            refused.append((field, value, f"it declares {', '.join(dict.fromkeys(different))} differently"))
+    if refused:
+        declaration["refused_settings"] = tuple(refused)
+        said = ", ".join(f"{field}={value}" for field, value, _ in refused)
+        declaration["notes"] = ", ".join(filter(None, [declaration["notes"], f"refused with {said}"]))
+    return declaration
+
+
+UNCOMPARED = ("notes", "rotary_style", "gated_outputs")  # notes, and what only the type's probes tell
+# bool config fields that change no attention module (the survey does not flip them)
+NOT_ATTENTION_SETTINGS = {
+    "return_dict", "output_hidden_states", "output_attentions", "torchscript", "use_cache", "tie_word_embeddings",
+    "is_encoder_decoder", "is_decoder", "add_cross_attention", "tie_encoder_decoder", "output_router_logits",
+    "mlp_bias", "norm_topk_prob", "lm_head_bias", "use_bidirectional_attention", "use_sliding_window",
+    "enable_moe_fp32_combine", "moe_apply_router_weight_on_input", "mup_enabled",
+}  # fmt: skip
+
+
+def switchable_settings(model_type: str) -> list[tuple[str, bool]]:
+    """``(field, the other value)`` of every bool field of the type's config that may change its attention."""
+    with quiet():
+        defaults = config_class(model_type)()
+    return [
+        (k, not v)
+        for k, v in sorted(defaults.to_dict().items())
+        if isinstance(v, bool) and k not in NOT_ATTENTION_SETTINGS and not k.startswith("_")
+    ]
+
+
+def _derive_or_refuse(model_type: str, probe: bool = True, **overrides) -> dict:
     try:
-        return _derive(model_type)
+        return _derive(model_type, probe, **overrides)
     except Refused:
         raise
     except Exception as error:  # noqa: BLE001 - whatever transformers raises on the tiny model is the reason
@@ -264,7 +326,7 @@ def derive_declaration(model_type: str) -> dict:
         raise Refused(f"no tiny model can be built from its config ({type(error).__name__}: {first})") from None
 
 
-def _derive(model_type: str) -> dict:
+def _derive(model_type: str, probe: bool = True, **overrides) -> dict:
     import transformers
 
     cls = config_class(model_type)
@@ -277,8 +339,8 @@ def _derive(model_type: str) -> dict:
         raise Refused(f"composite config ({', '.join(composite)}): a wrapper of several models, not one decoder")
     if not hasattr(defaults, "num_key_value_heads"):
         raise Refused("its config has no num_key_value_heads: every layer has as many K/V heads as query heads")
-    config = tiny_config(model_type)
-    fewer = tiny_config(model_type, num_key_value_heads=1)
+    config = tiny_config(model_type, **overrides)
+    fewer = tiny_config(model_type, **overrides, num_key_value_heads=1)
     model, other = tiny_meta_model(config), tiny_meta_model(fewer)
     if type(model) is not transformers.AutoModelForCausalLM._model_mapping[cls]:
         raise Refused(f"AutoModelForCausalLM builds {type(model).__name__}, not the type's own causal LM")
@@ -292,7 +354,7 @@ def _derive(model_type: str) -> dict:
         raise Refused(f"hybrid: its layers mix attention modules ({', '.join(sorted(names))}: {', '.join(classes)})")
     attention = names.pop()
     _check_other_layer_kinds(model_type, config, classes[0])
-    return _declare(model_type, config, model, other, layers_name, attention, [m for _, m in found])
+    return _declare(model_type, config, model, other, layers_name, attention, [m for _, m in found], probe)
 
 
 def _check_other_layer_kinds(model_type, config, attention_class) -> None:
@@ -313,7 +375,7 @@ def _check_other_layer_kinds(model_type, config, attention_class) -> None:
             raise Refused(f"hybrid: its layer_types may hold {kind!r} layers, which have {what}")
 
 
-def _declare(model_type, config, model, fewer, layers_name, attention, modules) -> dict:
+def _declare(model_type, config, model, fewer, layers_name, attention, modules, probe) -> dict:
     children = dict(modules[0].named_children())
     latent = [n for n in LATENT if n in children]
     if latent:
@@ -355,14 +417,14 @@ def _declare(model_type, config, model, fewer, layers_name, attention, modules) 
         wrong.append(f"{out}{rows[out]}")
     if wrong:
         raise Refused(f"projection shapes {wrong} are not heads x head_dim ({heads} query, {kv} K/V heads of {d})")
-    return _declaration(model_type, config, modules[0], attention, out, fused, sorted(set(kv_shaped)), d)
+    return _declaration(model_type, config, modules[0], attention, out, fused, sorted(set(kv_shaped)), d, probe)
 
 
 def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def _declaration(model_type, config, module, attention, out, fused, kv_shaped, d) -> dict:
+def _declaration(model_type, config, module, attention, out, fused, kv_shaped, d, probe) -> dict:
     heads = config.num_attention_heads
     own = {"qkv_proj", "q_proj", "k_proj", "v_proj", out}
     key_norms, head_sliced, fixed = [], [], []
@@ -391,14 +453,124 @@ def _declaration(model_type, config, module, attention, out, fused, kv_shaped, d
         declaration["head_sliced"] = tuple(sorted(head_sliced, key=lambda n: (n in kv_shaped, n)))
     if fixed:
         declaration["fixed_heads"] = tuple(sorted(fixed))
+    style = rope_pairing(config) if probe else "half"  # a probe is a real model: once per type
+    if style != "half":
+        declaration["rotary_style"] = style
+    if probe and not values_turn_freely(_class_name(declaration), declaration, config):
+        declaration["gated_outputs"] = True
     params = {n for n, _ in module.named_parameters()}
-    declaration["notes"] = _notes(model_type, config, params, kv_shaped, key_norms, fused, fixed)
+    declaration["notes"] = _notes(model_type, config, params, kv_shaped, key_norms, fused, fixed, style)
+    if declaration.get("gated_outputs"):
+        declaration["notes"] = ", ".join(
+            filter(None, [declaration["notes"], "outputs scaled per dim (values averaged)"])
+        )
     return declaration
 
 
-def _notes(model_type, config, params, kv_shaped, key_norms, fused, fixed) -> str:
+PROBE = "hav_rope_probe"  # an attention function that records the queries and keys it is given
+
+
+def _record_queries_and_keys(module, query, key, value, attention_mask, **kwargs):
+    _PROBED.append((query.detach(), key.detach()))
+    return torch.zeros_like(query).transpose(1, 2).contiguous(), None  # no attention: positions stay apart
+
+
+_PROBED: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+
+def rope_pairing(config) -> str | None:
+    """How the model of ``config`` pairs the dims of a head in RoPE: ``half``, ``interleaved`` or ``None``.
+
+    A tiny real model (random weights) reads one token at positions 0, 1 and 2 with an attention that outputs
+    zeros, so every layer sees the same hidden state at each position and its query and key differ between
+    positions by RoPE alone. A rotation keeps the length of each pair of dims it turns together: the pairing
+    whose pair lengths stay the same at positions 0 and 2 in every layer is the one the model uses (``None``:
+    no layer's query moves).
+
+    Raises:
+        Refused: the queries move, but neither ``rotate_half`` nor adjacent pairs keep their lengths.
+    """
+    import transformers
+
+    from ..merging import HeadLayout
+
+    transformers.AttentionInterface.register(PROBE, _record_queries_and_keys)
+    with quiet():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=PROBE).eval()
+    _PROBED.clear()
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.full((1, 3), 5))
+        moved = [
+            (x[..., 0, :], x[..., 2, :])
+            for q, k in _PROBED
+            for x in (q, k)
+            if not torch.equal(x[..., 0, :], x[..., 2, :])
+        ]
+    finally:
+        _PROBED.clear()
+    if not moved:
+        return None
+    mismatch = {}
+    for style in ("half", "interleaved"):
+        worst = 0.0
+        for before, after in moved:
+            turned = (before != after).flatten(0, -2).any(0).nonzero()
+            dims = int(turned.max()) + 1
+            pairs = HeadLayout.rotary(before.shape[-1], dims + dims % 2, style).pairs
+            lengths = [x[..., pairs[:, 0]].hypot(x[..., pairs[:, 1]]) for x in (before, after)]
+            worst = max(worst, float((lengths[0] - lengths[1]).abs().max() / before.abs().max()))
+        mismatch[style] = worst
+    style = min(mismatch, key=mismatch.get)
+    if mismatch[style] > 1e-3:
+        raise Refused(
+            "its RoPE pairs the dims of a head neither as rotate_half nor as adjacent pairs "
+            f"(pair lengths change by {mismatch['half']:.2g} and {mismatch['interleaved']:.2g})"
+        )
+    return style
+
+
+def values_turn_freely(cls_name: str, declaration: dict, config) -> bool:
+    """Whether an orthogonal map on each value head, undone on the output projection, keeps the function.
+
+    It does where each head's attention output goes to the output projection unchanged; it does not where a gate
+    or a norm with one weight per dim (of heads x head_dim) scales it first (AFMoE's ``gate_proj``, BitNet's
+    ``attn_sub_norm``). Tried on a tiny MHA model whose norm weights are random (at their initial ones, a per-dim
+    norm weight would pass unnoticed), in float64.
+    """
+    import transformers
+
+    family = globals()[cls_name](**{k: v for k, v in declaration.items() if k != "notes"})
+    mha = tiny_config(declaration["name"], num_key_value_heads=config.num_attention_heads)
+    generator = torch.Generator().manual_seed(0)
+    with quiet():
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(mha, attn_implementation="eager").eval()
+        if getattr(model.config, "_experts_implementation", None) not in (None, "eager"):
+            model.set_experts_implementation("eager")  # grouped_mm takes no float64
+        model.double()
+        ids = torch.randint(3, VOCAB, (2, 8), generator=generator)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "norm" in name:
+                    param.add_(0.5 * torch.randn(param.shape, generator=generator, dtype=param.dtype))
+            before = model(input_ids=ids).logits
+            for _, attention in family.attention_modules(model):
+                views = family.head_views(attention, mha)
+                heads, dim = views["v"].shape[:2]
+                turn = torch.linalg.qr(torch.randn(heads, dim, dim, generator=generator, dtype=torch.float64)).Q
+                views["v"].copy_(turn @ views["v"])
+                if views["v_bias"] is not None:
+                    views["v_bias"].copy_((turn @ views["v_bias"].unsqueeze(-1)).squeeze(-1))
+                views["o"].copy_(torch.einsum("ohd,hed->ohe", views["o"], turn))
+            after = model(input_ids=ids).logits
+    return bool((after - before).abs().max() < 1e-6 * before.abs().max().clamp(min=1))
+
+
+def _notes(model_type, config, params, kv_shaped, key_norms, fused, fixed, style) -> str:
     """What the derived family has besides plain q/k/v/o projections, for the table of families."""
-    notes = []
+    notes = {"interleaved": ["RoPE on adjacent dims"], None: ["no RoPE"]}.get(style, [])
     if fused:
         notes.append("fused `qkv_proj` [q | k | v]")
     if any(n.endswith("bias") for n in params):

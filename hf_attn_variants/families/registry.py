@@ -40,9 +40,10 @@ def register_family(family: FamilyAdapter) -> FamilyAdapter:
         raise ValueError(f"a family named {family.name!r} is already registered")
     if not family.model_types:
         raise ValueError(f"family {family.name!r} covers no model_type")
-    errors = family.declaration_errors() if isinstance(family, PluginFamily) else []
+    errors = family.declaration_errors()
     if errors:
-        raise ValueError(f"plugin family {family.name!r} {'; '.join(errors)}")
+        kind = "plugin family" if isinstance(family, PluginFamily) else "family"
+        raise ValueError(f"{kind} {family.name!r} {'; '.join(errors)}")
     taken = [t for t in family.model_types if t in _BY_MODEL_TYPE]
     if taken:
         raise ValueError(
