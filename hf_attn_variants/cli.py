@@ -14,8 +14,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from .choices import ATTN_VARIANTS, CACHE_DTYPES, DTYPES
+from .arguments import SPELLINGS, ArgumentParser, add_dataclass_arguments, options_from_args
 from .io import Stopped, signals_as_exceptions
+from .options import ConvertOptions, KvCacheOptions, TradeoffConfig
 from .recipe import add_recipe_arguments, recipe_from_args
 
 DESCRIPTION = "Run, convert, fine-tune and evaluate decoder LLMs in MHA, GQA or MQA attention."
@@ -40,8 +41,11 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+SUBCOMMAND = {"epilog": SPELLINGS}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="hf-attn-variants",
         description=DESCRIPTION,
         epilog=EXAMPLES,
@@ -50,61 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    convert = commands.add_parser("convert", help="convert a checkpoint to MHA, GQA or MQA")
-    convert.add_argument("src", metavar="SRC")
-    convert.add_argument("out", metavar="OUT")
-    convert.add_argument("--variant", "--attn-variant", dest="variant", choices=ATTN_VARIANTS, required=True)
-    convert.add_argument(
-        "--num-kv-heads", "--num-key-value-heads", dest="num_kv_heads", type=int, help="K/V heads (required for gqa)"
-    )
-    convert.add_argument("--gguf-file", help="the GGUF file inside SRC")
-    convert.add_argument("--dtype", choices=DTYPES, default="auto")
-    convert.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    convert = commands.add_parser("convert", help="convert a checkpoint to MHA, GQA or MQA", **SUBCOMMAND)
+    add_dataclass_arguments(convert, ConvertOptions)
     add_recipe_arguments(convert)
-
-    plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone")
-    plan.add_argument("src", metavar="SRC")
-    plan.add_argument("--variants", default="mha,mqa", help="comma-separated: mha, gqa:G, mqa")
-    plan.add_argument("--seq-len", type=int, default=4096)
-    plan.add_argument("--batch", type=int, default=1)
-    plan.add_argument("--dtype", choices=CACHE_DTYPES, default="bfloat16")
-    plan.add_argument("--gguf-file", help="the GGUF file inside SRC")
-    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    plan.add_argument("--budget", help="memory for the cache, e.g. 8GiB: the largest batch per variant")
-    plan.add_argument(
-        "--allocate", action="store_true", help="with --budget: really allocate that batch's cache (on the CPU)"
+    plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone", **SUBCOMMAND)
+    add_dataclass_arguments(plan, KvCacheOptions)
+    trade = commands.add_parser(
+        "tradeoff", help="the trade-off table: latency, memory and quality per variant", **SUBCOMMAND
     )
-
-    trade = commands.add_parser("tradeoff", help="the trade-off table: latency, memory and quality per variant")
-    trade.add_argument("src", metavar="SRC", nargs="?", default="smollm2", help="default: smollm2")
-    trade.add_argument("--out", default="out/tradeoff", help="output folder (default out/tradeoff)")
-    trade.add_argument("--variants", help="e.g. mha,gqa:3,mqa (MHA is always measured: the baseline)")
-    trade.add_argument("--gguf-file", help="the GGUF file inside SRC")
-    trade.add_argument("--dtype", choices=DTYPES, default="float32")
-    trade.add_argument("--uptrain-steps", type=int, default=0, help="uptrain every variant this many steps")
-    trade.add_argument("--learning-rate", type=float, default=3e-4)
-    trade.add_argument("--train-batch-size", type=int, default=2)
-    trade.add_argument("--distill", action="store_true", help="uptrain by distillation from the source")
-    trade.add_argument("--dataset", help="datasets hub id (default: pydoc_data.topics prose)")
-    trade.add_argument("--dataset-config")
-    trade.add_argument("--dataset-split", default="train")
-    trade.add_argument("--data-files", nargs="+", default=[], help="local .txt/.jsonl/.json/.parquet files")
-    trade.add_argument("--text-column", default="text")
-    trade.add_argument("--block-size", type=int, default=256, help="tokens per training and evaluation window")
-    trade.add_argument("--eval-blocks", type=int, default=16, help="held-out blocks scored")
-    trade.add_argument("--eval-stride", type=int, help="window stride for the metrics (default: block size)")
-    trade.add_argument("--batch", type=int, default=8, help="decode latency: sequences")
-    trade.add_argument("--context", type=int, default=2048, help="decode latency: cached tokens")
-    trade.add_argument("--prefill-tokens", type=int, default=256, help="prefill latency: prompt tokens")
-    trade.add_argument("--memory-context", type=int, default=8192, help="context of the KV-memory column")
-    trade.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
-    trade.add_argument("--lm-eval-tasks", nargs="+", default=[], help="lm-evaluation-harness tasks")
-    trade.add_argument("--lm-eval-limit", type=int, help="examples per lm-eval task")
-    trade.add_argument("--save-checkpoints", action="store_true", help="save every variant's weights too")
-    trade.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    trade.add_argument("--seed", type=int, default=0)
+    add_dataclass_arguments(trade, TradeoffConfig)
     add_recipe_arguments(trade)
-
     train = commands.add_parser(
         "train", add_help=False, help="uptrain or fine-tune a variant (train --help lists the options)"
     )
@@ -132,15 +91,16 @@ def main(argv: list[str] | None = None) -> int:
 def _convert(args) -> int:
     from .checkpoint import convert_checkpoint
 
+    opts = options_from_args(ConvertOptions, args)
     out = convert_checkpoint(
-        args.src,
-        args.out,
-        args.variant,
-        args.num_kv_heads,
+        opts.src,
+        opts.out,
+        opts.variant,
+        opts.num_kv_heads,
         recipe_from_args(args),
-        gguf_file=args.gguf_file,
-        dtype=args.dtype,
-        overwrite=args.overwrite,
+        gguf_file=opts.gguf_file,
+        dtype=opts.dtype,
+        overwrite=opts.overwrite,
     )
     config = json.loads((Path(out) / "config.json").read_text())
     recorded, dtype = config.get("attn_variant_recipe", {}), config.get("dtype") or config.get("torch_dtype")
@@ -159,13 +119,12 @@ def _recipe_words(recorded: dict) -> str:
 
 
 def _tradeoff(args) -> int:
-    from .recipe import RECIPE_OPTIONS
-    from .tradeoff import FILES, TradeoffConfig, run_tradeoff
+    from .tradeoff import FILES, run_tradeoff
 
-    options = {k: v for k, v in vars(args).items() if k != "command" and k not in RECIPE_OPTIONS}
-    run_tradeoff(TradeoffConfig(**options, recipe=recipe_from_args(args)))
-    print((Path(args.out) / "tradeoff.md").read_text())
-    print(f"wrote {', '.join(str(Path(args.out) / f) for f in FILES)} and a model card per variant")
+    cfg = options_from_args(TradeoffConfig, args, recipe=recipe_from_args(args))
+    run_tradeoff(cfg)
+    print((Path(cfg.out) / "tradeoff.md").read_text())
+    print(f"wrote {', '.join(str(Path(cfg.out) / f) for f in FILES)} and a model card per variant")
     return 0
 
 
@@ -177,6 +136,7 @@ def _train(args) -> int:
 
 
 def _kv_cache(args) -> int:
+    args = options_from_args(KvCacheOptions, args)
     from .default_model import resolve_source
     from .kv_cache import format_bytes, kv_cache_plan, largest_batch, parse_size
     from .sources import load_config

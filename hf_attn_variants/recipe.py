@@ -74,7 +74,10 @@ class KVRecipe:
     calibration_seed: int = field(default=0, metadata={"help": "seed that draws the calibration blocks"})
     calibration_data_files: list[str] | None = field(
         default=None,
-        metadata={"help": "calibration text files (default: the training text, or Python's help text)"},
+        metadata={
+            "help": "calibration text files (default: the training text, or Python's help text)",
+            "metavar": "FILE",
+        },
     )
     preset: str | None = field(default=None, init=False)  # the preset this recipe came from, if any
 
@@ -226,21 +229,9 @@ RECIPE_OPTIONS = tuple(f.name for f in fields(KVRecipe) if f.init)
 
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
     """``--kv-init``, ``--refine-steps`` ... for every field of ``KVRecipe``, with its type, choices and help."""
-    group = parser.add_argument_group("conversion recipe (how fewer K/V heads are made)")
-    hints = typing.get_type_hints(KVRecipe)
-    for f in fields(KVRecipe):
-        if not f.init:
-            continue
-        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
-        help_text = f"{f.metadata.get('help', '')} (default: {f.default})".lstrip()
-        if typing.get_origin(kind) is Literal:
-            group.add_argument(flag, choices=typing.get_args(kind), default=f.default, help=help_text)
-        elif kind is bool:
-            group.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "calibration_data_files":
-            group.add_argument(flag, nargs="+", metavar="FILE", default=None, help=help_text)
-        else:
-            group.add_argument(flag, type=kind, default=f.default, help=help_text)
+    from .arguments import add_dataclass_arguments
+
+    add_dataclass_arguments(parser, KVRecipe, title=KVRecipe._argument_group_name)
 
 
 def recipe_from_args(args: argparse.Namespace) -> KVRecipe:

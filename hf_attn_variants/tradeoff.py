@@ -15,7 +15,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +29,7 @@ from .data import DEFAULT_DATASET
 from .families import family_for
 from .io import atomic_output_dir, check_output_dir
 from .kv_cache import cache_nbytes, format_bytes, kv_cache_plan
+from .options import TradeoffConfig
 from .recipe import KVRecipe
 from .variants import (
     gqa_choices,
@@ -39,41 +40,6 @@ from .variants import (
 )
 
 FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
-
-
-@dataclass
-class TradeoffConfig:
-    """Everything one trade-off run depends on (recorded in its JSON); ``recipe`` makes the variants."""
-
-    src: str = "smollm2"
-    out: str = "out/tradeoff"
-    variants: str | None = None  # "mha,gqa:3,mqa"; default: MHA, the source's own GQA (if any), a middle GQA, MQA
-    gguf_file: str | None = None
-    recipe: KVRecipe = field(default_factory=KVRecipe)
-    dtype: str = "float32"
-    uptrain_steps: int = 0
-    learning_rate: float = 3e-4
-    train_batch_size: int = 2
-    distill: bool = False
-    dataset: str | None = None
-    dataset_config: str | None = None
-    dataset_split: str = "train"
-    data_files: list[str] = field(default_factory=list)
-    text_column: str = "text"
-    block_size: int = 256
-    eval_blocks: int = 16
-    eval_stride: int | None = None  # default: block_size (non-overlapping windows, as the training evaluation)
-    batch: int = 8  # decode latency shape
-    context: int = 2048
-    prefill_tokens: int = 256
-    memory_context: int = 8192  # context for the KV-cache memory column
-    rounds: int = 15
-    lm_eval_tasks: list[str] = field(default_factory=list)
-    lm_eval_limit: int | None = None
-    save_checkpoints: bool = False
-    overwrite: bool = False
-    seed: int = 0
-    prompt: str = "What is the capital of France?"  # answered greedily by every variant (a chat turn where possible)
 
 
 def default_variants(num_heads: int, source_kv: int) -> list[tuple[str, int]]:

@@ -246,6 +246,71 @@ def test_the_families_package_imports_no_model_layer():
     assert found == {}
 
 
+def package_imports() -> dict[str, set[str]]:
+    """Each module of the package (relative name, ``""`` for the package): the package's modules it imports."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(hav.__file__).parent
+    paths = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix("__init__").rstrip("."): p
+        for p in sorted(root.rglob("*.py"))
+    }
+    found = {}
+    for module, path in paths.items():
+        package = "hf_attn_variants" + (f".{module}" if module else "")
+        package = package if path.name == "__init__.py" else package.rpartition(".")[0]
+        uses, tree = set(), ast.parse(path.read_text(), str(path))
+        typing_only = {  # `if TYPE_CHECKING:` imports are annotations, not dependencies
+            id(inner)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
+            for inner in ast.walk(node)
+        }
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+                names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] == "hf_attn_variants":  # the longest prefix that is one of the package's modules
+                    inner = next(
+                        ".".join(parts[1:n]) for n in range(len(parts), 0, -1) if ".".join(parts[1:n]) in paths
+                    )
+                    uses.add(inner)
+        found[module] = uses - {module, ""}
+    return found
+
+
+def test_the_layers_the_readme_draws_import_only_downwards():
+    """The head math imports nothing of the package but its vocabulary, families/ only the head math, the model
+    layer's attention no conversion code, and nothing below the front ends imports one."""
+    imports = package_imports()
+    vocabulary, head_math = {"choices"}, {"heads", "merging"}
+    front_ends = {"cli", "tradeoff", "training"}
+    wrong = {}
+    for module, uses in imports.items():
+        allowed = None
+        if module in head_math:
+            allowed = vocabulary | head_math
+        elif module.startswith("families"):
+            allowed = vocabulary | head_math | {m for m in uses if m.startswith("families")}
+        elif module in ("modeling", "decoding"):
+            allowed = {"modeling", "decoding"}
+        elif module and module not in front_ends:
+            allowed = set(imports) - front_ends
+        if allowed is not None and not uses <= allowed:
+            wrong[module] = sorted(uses - allowed)
+    assert wrong == {}
+
+
 def test_adapter_questions_by_name():
     """``is_kv_tensor`` says which tensors a conversion changes, ``saves_natively`` which G the family's own model
     holds; ``convert_tensor`` only converts, and refuses a tensor that is no K/V tensor."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import typing
 import zlib
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -16,7 +19,10 @@ import transformers
 
 import hf_attn_variants as hav
 from hf_attn_variants import cli
+from hf_attn_variants.arguments import options_from_args
 from hf_attn_variants.heads import kv_cache_bytes_per_token
+from hf_attn_variants.options import ConvertOptions, KvCacheOptions, TradeoffConfig
+from hf_attn_variants.recipe import KVRecipe, recipe_from_args
 
 from .conftest import tiny_model
 
@@ -362,3 +368,55 @@ def test_kv_cache_largest_batch_for_a_budget(src, capsys, allocate):
 def test_kv_cache_bad_budget_exits_2(src, capsys, size):
     assert run("kv-cache", src, "--variants", "mqa", "--budget", size) == 2
     assert f"size '{size}' is not a positive number" in capsys.readouterr().err
+
+
+# -- one vocabulary: each subcommand's options are one dataclass, parsed by one factory -------------------------
+SUBCOMMAND_OPTIONS = [
+    ("convert", ["SRC", "OUT", "--variant", "mqa"], ConvertOptions),
+    ("kv-cache", ["SRC"], KvCacheOptions),
+    ("tradeoff", [], TradeoffConfig),
+]
+
+
+@pytest.mark.parametrize("command, operands, options", SUBCOMMAND_OPTIONS, ids=[c for c, *_ in SUBCOMMAND_OPTIONS])
+def test_the_command_line_defaults_are_the_dataclass_defaults(command, operands, options):
+    args = cli.build_parser().parse_args([command, *operands])
+    parsed = options_from_args(options, args, **({"recipe": recipe_from_args(args)} if command == "tradeoff" else {}))
+    given = {"src": "SRC", "out": "OUT", "variant": "mqa"} if command == "convert" else {}
+    given = {"src": "SRC"} if command == "kv-cache" else given
+    assert parsed == options(**given)
+    if command != "kv-cache":
+        assert recipe_from_args(args) == KVRecipe()
+
+
+@pytest.mark.parametrize("command, operands, options", SUBCOMMAND_OPTIONS, ids=[c for c, *_ in SUBCOMMAND_OPTIONS])
+def test_every_option_answers_to_its_hyphen_and_underscore_spelling(command, operands, options):
+    parser = cli.build_parser()
+    values = {int: "3", float: "0.5", str: "x"}
+    for f in dataclasses.fields(options):
+        if not f.init or f.metadata.get("cli") is False or f.metadata.get("positional"):
+            continue
+        kind = typing.get_type_hints(options)[f.name]
+        if kind is bool:
+            tail = []
+        else:
+            kind = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+            choices = f.metadata.get("choices") or (typing.get_args(kind) if typing.get_origin(kind) is Literal else ())
+            other = [c for c in choices if c != f.default and c not in operands]  # a choice that changes something
+            tail = [other[0] if choices else values.get(kind, "x")]
+        hyphen = parser.parse_args([command, *operands, "--" + f.name.replace("_", "-"), *tail])
+        underscore = parser.parse_args([command, *operands, f"--{f.name}", *tail])
+        assert vars(hyphen) == vars(underscore), f.name
+        assert vars(hyphen) != vars(parser.parse_args([command, *operands])), f"--{f.name} changed nothing"
+
+
+def test_an_underscore_spelling_is_named_in_its_hyphen_spelling_in_errors(capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.build_parser().parse_args(["kv-cache", "smollm2", "--seq_len", "many"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "hf-attn-variants kv-cache: error: argument --seq-len: invalid int value: 'many'"
+    )
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["kv-cache", "smollm2", "--seq_lenx", "1"])
+    assert capsys.readouterr().err.splitlines()[-1] == "hf-attn-variants: error: unrecognized arguments: --seq_lenx 1"

@@ -22,10 +22,9 @@ from safetensors.torch import save_file
 
 import hf_attn_variants as hav
 from hf_attn_variants.families import derived, generic, hand_written_model_types, refused_model_types
-from hf_attn_variants.merging import merge_layer
 
 from .conftest import FAMILIES, NATIVE, PLUGIN, kv_heads_in_cache, native_kv_heads, run_script_on_cases, tiny_model
-from .test_merging import calibration_of, randomize_norms, rewrite_layers
+from .test_merging import assert_alignment_keeps_the_function
 
 DERIVED = [t for f in derived.DERIVED_FAMILIES for t in f.model_types]
 MATRIX = NATIVE + DERIVED  # hand-written native families on their TINY configs, derived ones on generic ones
@@ -132,18 +131,7 @@ def test_alignment_alone_leaves_the_function_unchanged(model_type, input_ids):
     """Calibrated merges turn each RoPE pair of a query and its key by one phase: exact only with the type's own
     pairing (``rotary_style``, probed by the derivation), so a wrong pairing shows here as changed logits."""
     mha = in_float64(hav.convert(mha_source(model_type), "mha"))
-    randomize_norms(mha)
-    adapter = hav.family_for(mha.config)
-    calibration, layout = calibration_of(mha), adapter.head_layout(mha, mha.config)
-    keys, values = not adapter.keys_normed(mha.config), not adapter.gated_outputs
-    before = logits(mha, input_ids)
-    rewrite_layers(
-        mha,
-        lambda heads, name: merge_layer(
-            heads, calibration.moments[name], layout, 2, "aligned", keys=keys, merge=False, values=values
-        ),
-    )
-    torch.testing.assert_close(logits(mha, input_ids), before, atol=1e-6, rtol=0)  # some norms compute in float32
+    assert_alignment_keeps_the_function(mha, input_ids, atol=1e-6)  # some norms compute in float32
 
 
 def in_float64(model):
