@@ -10,6 +10,8 @@ G K/V heads. Module names, and so state-dict keys, stay the family's own.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -107,13 +109,98 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interlea
     return torch.cat([(rot * cos) + (turned * sin), rest], dim=-1)
 
 
+@dataclass(frozen=True)
+class AttentionParts:
+    """What one plugin family's attention does besides project, cache and attend, as small functions.
+
+    ``attention_parts`` resolves a family's declaration into these once per layer, so ``VariantAttention.forward``
+    reads as transformers' attention forward and no two flags decide the same step.
+
+    Attributes:
+        scale: ``q -> (q, scaling)``: the query and the scaling the kernel applies (OPT scales the query itself).
+        positions: ``(q, k, position_embeddings) -> (q, k)``: rotary positions, or none.
+        kernel_options: ``(eager, alibi, batch) -> dict``: the kernel's extra keyword arguments (the eager one's
+            float32 scores, Falcon's division, BLOOM's ALiBi bias, which only the eager kernel adds).
+        finish: ``(module, out, residual) -> out``: after the output projection (dropout, BLOOM's residual).
+    """
+
+    scale: Callable
+    positions: Callable
+    kernel_options: Callable
+    finish: Callable
+
+
+def attention_parts(family, config, layer_idx: int) -> AttentionParts:
+    """The :class:`AttentionParts` of ``family``'s attention at ``layer_idx`` of a model of ``config``."""
+    return AttentionParts(
+        scale=query_scaling(family.attention_scaling(config, layer_idx), family.scale_query),
+        positions=rotary_positions(family),
+        kernel_options=kernel_options(family, config),
+        finish=output_finish(family, config),
+    )
+
+
+def query_scaling(scaling: float, scale_query: bool) -> Callable:
+    if scale_query:  # OPT: the query is scaled before the kernel, which then gets 1.0
+        return lambda q: (q * scaling, 1.0)
+    return lambda q: (q, scaling)
+
+
+def no_positions(q, k, position_embeddings):
+    return q, k
+
+
+def rotary_positions(family) -> Callable:
+    """``(q, k, position_embeddings) -> (q, k)`` rotated as the family's RoPE does (identity without RoPE)."""
+    if not family.rotary_style:
+        return no_positions
+    interleaved = family.rotary_style == "interleaved"
+
+    def rotate(q, k, position_embeddings):
+        cos, sin = family.rotary_cos_sin(position_embeddings)
+        return apply_rotary(q, cos, sin, interleaved), apply_rotary(k, cos, sin, interleaved)
+
+    return rotate
+
+
+def kernel_options(family, config) -> Callable:
+    """``(eager, alibi, batch) -> dict``: the keyword arguments the family's kernel takes beyond transformers'."""
+    eager_only = {"upcast": family.eager_upcast(config), "divide_scores": family.divide_scores}
+    heads = family.num_heads(config)
+
+    def options(eager: bool, alibi, batch: int) -> dict:
+        if not family.alibi:
+            return eager_only if eager else {}
+        if not eager:
+            raise ValueError(f"{family.name} adds ALiBi in its eager attention only, not in this kernel")
+        return {**eager_only, "score_bias": alibi.view(batch, heads, 1, -1)}  # (batch, heads, 1, kv_len)
+
+    return options
+
+
+def output_finish(family, config) -> Callable:
+    """``(module, out, residual) -> out`` after the output projection: its dropout, BLOOM's residual add."""
+
+    def finish(module, out, residual):
+        if family.resid_dropout:
+            out = getattr(module, family.resid_dropout)(out)
+        if family.residual_dropout_config:  # BLOOM's dropout_add
+            p = getattr(config, family.residual_dropout_config)
+            out = residual + nn.functional.dropout(out, p=p, training=module.training)
+        return out
+
+    return finish
+
+
 class VariantAttention(nn.Module):
     """Causal self-attention with ``num_key_value_heads`` K/V heads for a plugin family.
 
     Follows transformers' attention forward: project, reshape to heads, rotary positions (if the family has
     them), cache update, the kernel from ``ALL_ATTENTION_FUNCTIONS`` for ``config._attn_implementation``
     (``grouped_eager_attention`` for eager), output projection. What differs between families (separate or
-    fused projections and their layout, rotary style, where the scale is applied) comes from the adapter.
+    fused projections and their layout) comes from the adapter; what it does besides project, cache and attend
+    (rotary positions, where the scale is applied, the kernel's extra options, the output's dropout and residual)
+    from the :class:`AttentionParts` resolved from the adapter's declaration.
     """
 
     def __init__(self, config, original: nn.Module, family):
@@ -126,8 +213,8 @@ class VariantAttention(nn.Module):
         self.head_dim = family.head_dim(config)
         self.num_key_value_groups = self.num_heads // self.num_key_value_heads
         self.scaling = family.attention_scaling(config, self.layer_idx)
+        self.parts = attention_parts(family, config, self.layer_idx)
         self.attention_dropout_p = family.attention_dropout(config)
-        self.upcast = family.eager_upcast(config)
         self.is_causal = True
         kv_rows = self.num_key_value_heads * self.head_dim
         q_rows = self.num_heads * self.head_dim
@@ -169,19 +256,13 @@ class VariantAttention(nn.Module):
         **kwargs,
     ):
         cache = next((c for c in (cache, past_key_values, layer_past) if c is not None), None)
-        family, input_shape = self.family, hidden_states.shape[:-1]
+        parts, input_shape = self.parts, hidden_states.shape[:-1]
         q, k, v = self._project(hidden_states)
-        scaling = self.scaling
-        if family.scale_query:  # OPT scales the query before the kernel, which then gets 1.0
-            q, scaling = q * self.scaling, 1.0
+        q, scaling = parts.scale(q)
         q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
         k = k.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
         v = v.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
-
-        if family.rotary_style:
-            cos, sin = family.rotary_cos_sin(position_embeddings)
-            interleaved = family.rotary_style == "interleaved"
-            q, k = apply_rotary(q, cos, sin, interleaved), apply_rotary(k, cos, sin, interleaved)
+        q, k = parts.positions(q, k, position_embeddings)
 
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
@@ -190,22 +271,12 @@ class VariantAttention(nn.Module):
         if attention is sdpa_attention_forward:  # one-token steps with the query heads stacked per K/V head
             attention = grouped_sdpa_attention
         dropout = self.attention_dropout_p if self.training else 0.0
-        eager = attention is grouped_eager_attention
-        extra = {"upcast": self.upcast, "divide_scores": family.divide_scores} if eager else {}
-        if family.alibi:
-            if not eager:
-                raise ValueError(f"{family.name} adds ALiBi in its eager attention only, not in {attention.__name__}")
-            extra["score_bias"] = alibi.view(input_shape[0], self.num_heads, 1, -1)  # (batch, heads, 1, kv_len)
+        extra = parts.kernel_options(attention is grouped_eager_attention, alibi, input_shape[0])
         out, weights = attention(self, q, k, v, attention_mask, dropout=dropout, scaling=scaling, **extra, **kwargs)
 
         out = out.reshape(*input_shape, -1).contiguous()  # (batch, seq, heads * head_dim)
-        out = getattr(self, family.out_module)(out)
-        if family.resid_dropout:
-            out = getattr(self, family.resid_dropout)(out)
-        if family.residual_dropout_config:  # BLOOM's dropout_add
-            p = getattr(self.config, family.residual_dropout_config)
-            out = residual + nn.functional.dropout(out, p=p, training=self.training)
-        return out, weights
+        out = getattr(self, self.family.out_module)(out)
+        return parts.finish(self, out, residual), weights
 
 
 def install_variant_attention(model: nn.Module, family) -> None:

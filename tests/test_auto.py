@@ -179,6 +179,31 @@ def test_register_family_validates():
         hav.register_family(PluginFamily("opt-incomplete", ("opt",)))
     with pytest.raises(ValueError, match="^family 'empty' covers no model_type$"):
         hav.register_family(NativeFamily("empty", ()))
+    with pytest.raises(
+        ValueError, match=r"^family 'spiral' rotary_style='spiral' is not one of \[None, 'half', 'interleaved'\]$"
+    ):
+        hav.register_family(NativeFamily("spiral", ("spiral",), rotary_style="spiral"))
+
+
+@pytest.mark.parametrize(
+    "flags, error",
+    [
+        ({"scale_query": True, "divide_scores": True}, "sets scale_query and divide_scores: the scores would be scaled twice"),
+        ({"alibi": True, "upcast_flag": "reorder_and_upcast_attn"},
+         "sets alibi and upcast_flag: the eager kernel adds ALiBi to scores in the model's dtype only"),
+        ({"resid_dropout": "resid_dropout", "residual_dropout_config": "resid_pdrop"},
+         "sets residual_dropout_config and resid_dropout: the output would be dropped out twice"),
+    ],
+)  # fmt: skip
+def test_flags_that_would_decide_one_step_twice_are_refused(flags, error):
+    """VariantAttention resolves each step from one declaration field (modeling.AttentionParts); two fields that
+    would both decide it are refused at registration, not left to override each other."""
+    import dataclasses
+
+    opt = hav.family_for(tiny_config("opt"))
+    clash = dataclasses.replace(opt, name="opt-clash", model_types=("opt_clash",), **flags)
+    with pytest.raises(ValueError, match=f"^plugin family 'opt-clash' {re.escape(error)}$"):
+        hav.register_family(clash)
 
 
 @pytest.fixture

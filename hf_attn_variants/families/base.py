@@ -585,6 +585,13 @@ class PluginFamily(FamilyAdapter):
             errors.append(f"qkv={self.qkv!r} must name one fused projection or three (q, k, v)")
         if self.fused_layout not in QKV_LAYOUTS:
             errors.append(f"fused_layout={self.fused_layout!r} is not one of {list(QKV_LAYOUTS)}")
+        # pairs of flags that would decide the same step twice
+        if self.scale_query and self.divide_scores:
+            errors.append("sets scale_query and divide_scores: the scores would be scaled twice")
+        if self.alibi and self.upcast_flag:
+            errors.append("sets alibi and upcast_flag: the eager kernel adds ALiBi to scores in the model's dtype only")
+        if self.residual_dropout_config and self.resid_dropout:
+            errors.append("sets residual_dropout_config and resid_dropout: the output would be dropped out twice")
         return errors + super().declaration_errors()
 
     def attention_dropout(self, config) -> float:
