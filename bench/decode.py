@@ -4,7 +4,7 @@
     python bench/decode.py --batches 8 --contexts 8192 --rounds 15
     python bench/decode.py --device cuda --dtype bfloat16 --batches 1 8 32 --contexts 2048 8192 16384
 
-The reference shape of ../shared/BENCHMARKS.md (fp32 Llama: hidden 1024, 16 heads of 64, 4 layers,
+The reference shape of docs/fast-decoding.md (fp32 Llama: hidden 1024, 16 heads of 64, 4 layers,
 intermediate 2816, vocab 4096) in MHA-16, GQA-4 and MQA, converted from one random MHA model, each on three
 decode paths:
 

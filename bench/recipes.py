@@ -1,7 +1,7 @@
 """Zero-step quality and cost of the conversion presets on SmolLM2-135M-Instruct (GQA-3 -> MQA).
 
     python bench/recipes.py --json_out out/bench/recipes.json
-    python bench/recipes.py --recipes mean fast best --other_text ../shared/data/tinyshakespeare.txt
+    python bench/recipes.py --recipes mean fast best --other_text tinyshakespeare.txt
 
 Each recipe converts the model as ``hav.convert(model, "mqa", kv_init=RECIPE, tokenizer=tokenizer)`` does
 (calibration, where the recipe needs it, on the default text less its last 10%), then is scored on 16

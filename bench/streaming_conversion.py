@@ -1,4 +1,4 @@
-"""Streaming conversion against a plain copy of the same files, in one run (../shared/BENCHMARKS.md, item 5).
+"""Streaming conversion against a plain copy of the same files, in one run (docs/benchmarks.md: how we measure).
 
     python bench/streaming_conversion.py --json_out out/bench/streaming_conversion.json
     python bench/streaming_conversion.py --layers 12 --shard_size 1GB --rounds 5

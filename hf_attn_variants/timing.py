@@ -1,7 +1,7 @@
 """Timing on noisy machines: candidates interleaved round-robin in one run, reported as ratios with spread.
 
 An absolute time on a shared 2-core machine means little; a ratio measured side by side does
-(../shared/BENCHMARKS.md). Each round times every candidate once, starting from a different one each
+(docs/benchmarks.md). Each round times every candidate once, starting from a different one each
 round; the ratio of a candidate to the baseline is taken within each round, then summarised.
 """
 
