@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .arguments import SPELLINGS, ArgumentParser, add_dataclass_arguments, options_from_args
 from .io import Stopped, signals_as_exceptions
-from .options import ConvertOptions, KvCacheOptions, TradeoffConfig
+from .options import ConvertOptions, ExportOptions, KvCacheOptions, TradeoffConfig
 from .recipe import add_recipe_arguments, recipe_from_args
 
 DESCRIPTION = "Run, convert, fine-tune and evaluate decoder LLMs in MHA, GQA or MQA attention."
@@ -26,6 +26,7 @@ SRC is a local folder, a Hub id, or smollm2 (SmolLM2-135M-Instruct, from its reg
 examples:
   hf-attn-variants convert smollm2 out/smollm2-mqa --variant mqa
   hf-attn-variants convert ./my-llama out/my-llama-gqa4 --variant gqa --num-kv-heads 4 --kv-init fast
+  hf-attn-variants export out/smollm2-mqa out/smollm2-mqa-ct2 --engine ctranslate2
   hf-attn-variants kv-cache smollm2 --variants mha,gqa:3,mqa --seq-len 8192 --batch 8
   hf-attn-variants train --attn_variant mqa --output_dir out/mqa-uptrained --max_steps 200
   hf-attn-variants tradeoff smollm2 --variants mha,gqa:3,mqa --uptrain-steps 30 --distill
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert a checkpoint to MHA, GQA or MQA", **SUBCOMMAND)
     add_dataclass_arguments(convert, ConvertOptions)
     add_recipe_arguments(convert)
+    export = commands.add_parser("export", help="a saved variant as an inference engine's model", **SUBCOMMAND)
+    add_dataclass_arguments(export, ExportOptions)
     plan = commands.add_parser("kv-cache", help="KV-cache memory per variant, from the config alone", **SUBCOMMAND)
     add_dataclass_arguments(plan, KvCacheOptions)
     trade = commands.add_parser(
@@ -76,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = argparse.Namespace(command="train", options=argv[1:]) if argv[:1] == ["train"] else parser.parse_args(argv)
     try:
-        commands = {"convert": _convert, "kv-cache": _kv_cache, "train": _train, "tradeoff": _tradeoff}
+        commands = {
+            "convert": _convert,
+            "export": _export,
+            "kv-cache": _kv_cache,
+            "train": _train,
+            "tradeoff": _tradeoff,
+        }
         with signals_as_exceptions():  # SIGINT/SIGTERM/SIGHUP unwind like an error: temporary output removed
             return commands[args.command](args)
     except Stopped as stop:  # one line, no traceback; the shell's status of a process the signal ended
@@ -105,6 +114,17 @@ def _convert(args) -> int:
     config = json.loads((Path(out) / "config.json").read_text())
     recorded, dtype = config.get("attn_variant_recipe", {}), config.get("dtype") or config.get("torch_dtype")
     print(f"wrote {out} (K/V heads: {_recipe_words(recorded)}; weights {dtype})")
+    return 0
+
+
+def _export(args) -> int:
+    opts = options_from_args(ExportOptions, args)
+    try:
+        from .ctranslate2_support import convert_to_ctranslate2
+    except ImportError as err:
+        raise ValueError(f"--engine {opts.engine} needs its package: pip install ctranslate2 ({err})") from None
+    out = convert_to_ctranslate2(opts.src, opts.out, opts.quantization, opts.overwrite)
+    print(f"wrote {out} (CTranslate2; serve it with ctranslate2.Generator({str(out)!r}))")
     return 0
 
 

@@ -1,6 +1,7 @@
 """The options of each subcommand, one dataclass each: the command line's parsers are built from them.
 
-``hf-attn-variants convert`` is ``ConvertOptions`` plus the ``KVRecipe`` flags, ``kv-cache`` is ``KvCacheOptions``,
+``hf-attn-variants convert`` is ``ConvertOptions`` plus the ``KVRecipe`` flags, ``export`` is ``ExportOptions``,
+``kv-cache`` is ``KvCacheOptions``,
 ``tradeoff`` is ``TradeoffConfig`` (also the trade-off table's Python API) plus the recipe, and ``train`` is
 ``TrainingOptions`` with transformers' ``TrainingArguments`` (in ``training.py``, through ``HfArgumentParser``).
 Every flag answers to ``--some-name`` and ``--some_name`` (``arguments.ArgumentParser``).
@@ -39,6 +40,20 @@ class ConvertOptions:
     num_kv_heads: int | None = option(help="K/V heads (required for gqa)", aliases=("--num-key-value-heads",))
     gguf_file: str | None = option(help="the GGUF file inside SRC")
     dtype: str = option("auto", help="of the saved weights; auto: the source's own", choices=DTYPES)
+    overwrite: bool = option(False, help="replace OUT if it exists")
+
+
+@dataclass
+class ExportOptions:
+    """``hf-attn-variants export SRC OUT``: a saved variant (any family) as an inference engine's model."""
+
+    src: str = option(help="a saved variant (the OUT of convert or train), or any checkpoint the engine knows",
+                      positional=True, metavar="SRC")  # fmt: skip
+    out: str = option(help="the engine's model folder to write (refused if it exists, unless --overwrite)",
+                      positional=True, metavar="OUT")  # fmt: skip
+    engine: Literal["ctranslate2"] = option("ctranslate2", help="the inference engine")
+    quantization: str | None = option(help="the engine's weight type, e.g. int8, int8_float32, float16 "
+                                      "(default: the checkpoint's)")  # fmt: skip
     overwrite: bool = option(False, help="replace OUT if it exists")
 
 

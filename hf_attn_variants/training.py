@@ -324,6 +324,18 @@ def _ranks_seen(trainer: Trainer) -> list[int]:
     return sorted(int(r) for r in trainer.accelerator.gather(rank).tolist())
 
 
+def _distributed(trainer: Trainer) -> dict:
+    """How the run was distributed, as accelerate set it up: its type, and for FSDP the version and whether the
+    trained parameters were really sharded (DTensors with one shard per process)."""
+    kind = trainer.accelerator.distributed_type
+    found = {"type": kind.value if hasattr(kind, "value") else str(kind)}
+    if trainer.is_fsdp_enabled:
+        plugin = trainer.accelerator.state.fsdp_plugin
+        sharded = [type(p).__name__ == "DTensor" for p in trainer.model_wrapped.parameters()]
+        found.update(fsdp_version=plugin.fsdp_version, sharded_parameters=f"{sum(sharded)} of {len(sharded)}")
+    return found
+
+
 def describe_uptraining(model_args, uptrain_args, steps: int, tokens: int, seconds: float) -> str:
     """One line for model cards: what was trained, how long, with which loss."""
     what = f"LoRA r={model_args.lora_r}" if model_args.use_peft else TRAINED[uptrain_args.train_modules]
@@ -448,6 +460,7 @@ def _run(model_args, data_args, uptrain_args, training_args) -> dict:
         block_size=data_args.block_size,
         world_size=training_args.world_size,
         ranks=_ranks_seen(trainer),
+        distributed=_distributed(trainer),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         source=source_display,
         dataset=", ".join(data_args.data_files or []) or data_args.dataset_name or DEFAULT_DATASET,

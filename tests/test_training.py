@@ -288,6 +288,9 @@ def test_two_processes_under_accelerate_launch(workspace, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / RESULTS_FILE).read_text())
     assert results["world_size"] == 2 and results["ranks"] == [0, 1]
+    assert results["distributed"] == {
+        "type": "MULTI_CPU"
+    }  # DDP over gloo (accelerate enables FSDP on accelerators only)
     assert results["tokens"] == 3 * 4 * 32 * 2
     assert torch.isfinite(torch.tensor(results["train_loss"]))
     assert (out / "checkpoint-3").is_dir()

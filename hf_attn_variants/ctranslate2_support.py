@@ -1,0 +1,278 @@
+"""Serving variants with CTranslate2, the plugin families included, through CTranslate2's ``register_loader``.
+
+A native variant (Llama, Qwen2, Mistral ... with fewer K/V heads) is the family's own model, which CTranslate2's
+own loaders convert unchanged. A plugin-family variant has a config of this package (``GPT2AttnVariantConfig``,
+...), which CTranslate2 does not know; importing this module registers a loader for each such config that
+CTranslate2 can serve with G K/V heads: the family's own CTranslate2 loader, with ``num_heads_kv`` set to the
+variant's K/V heads and the fused q/k/v rows in the ``[q | k | v]`` blocks CTranslate2 reads. Families without
+a loader here are refused by name (``SERVED``).
+
+    from hf_attn_variants.ctranslate2_support import convert_to_ctranslate2
+    convert_to_ctranslate2("out/gpt2-gqa2", "out/gpt2-gqa2-ct2")   # then ctranslate2.Generator(...)
+
+Needs ``pip install ctranslate2`` (the ``ctranslate2`` extra).
+"""
+
+from __future__ import annotations
+
+import torch
+import transformers
+from ctranslate2.converters import TransformersConverter
+from ctranslate2.converters import transformers as ct2
+from ctranslate2.converters import utils as ct2_utils
+from ctranslate2.specs import transformer_spec
+
+from .families import family_for
+from .io import atomic_output_dir, check_output_dir
+
+ACTIVATIONS = ct2._SUPPORTED_ACTIVATIONS  # CTranslate2's names for transformers' activation functions
+
+
+class _VariantLoader:
+    """What the plugin-family loaders share: the variant model class, and its K/V heads in the spec."""
+
+    def get_model_class(self, config, model_class):
+        return transformers.AutoModelForCausalLM  # the variant classes are registered with the Auto classes
+
+    @staticmethod
+    def num_heads_kv(model) -> int:
+        return family_for(model.config).num_kv_heads(model.config)
+
+
+@ct2.register_loader("GPT2AttnVariantConfig")
+class GPT2VariantLoader(_VariantLoader, ct2.GPT2Loader):
+    """GPT-2 with G K/V heads: its ``c_attn`` rows are already ``[q | k | v]`` blocks."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.n_layer,
+            config.n_head,
+            pre_norm=True,
+            activation=ACTIVATIONS[config.activation_function],
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        self.set_decoder(spec.decoder, model.transformer)
+        self.set_linear(spec.decoder.projection, model.lm_head)
+        return spec
+
+
+@ct2.register_loader("OPTAttnVariantConfig")
+class OPTVariantLoader(_VariantLoader, ct2.OPTLoader):
+    """OPT with G K/V heads: separate q/k/v projections, which CTranslate2's loader concatenates."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            pre_norm=config.do_layer_norm_before,
+            activation=ACTIVATIONS[config.activation_function],
+            project_in_out=config.word_embed_proj_dim != config.hidden_size,
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        self.set_decoder(spec.decoder, model.model.decoder)
+        self.set_linear(spec.decoder.projection, model.lm_head)
+        return spec
+
+
+@ct2.register_loader("GPTNeoXAttnVariantConfig")
+class GPTNeoXVariantLoader(_VariantLoader, ct2.GPTNeoXLoader):
+    """GPT-NeoX (Pythia) with G K/V heads: its fused rows, ``[q .. q k v]`` per K/V group, regrouped into blocks."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        head_dim = config.hidden_size // config.num_attention_heads
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            pre_norm=True,
+            activation=ACTIVATIONS[config.hidden_act],
+            rotary_dim=2 * model.gpt_neox.rotary_emb.inv_freq.numel(),  # the dims the model rotates
+            rotary_interleave=False,
+            rotary_base=(getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0),
+            parallel_residual=config.use_parallel_residual,
+            shared_layer_norm=False,
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        self.set_variant_decoder(spec.decoder, model.gpt_neox, self.num_heads_kv(model), head_dim)
+        self.set_linear(spec.decoder.projection, model.get_output_embeddings())
+        return spec
+
+    def set_variant_decoder(self, spec, module, kv_heads: int, head_dim: int):
+        spec.scale_embeddings = False
+        self.set_embeddings(spec.embeddings, module.embed_in)
+        self.set_layer_norm(spec.layer_norm, module.final_layer_norm)
+        for layer_spec, layer in zip(spec.layer, module.layers, strict=True):
+            if hasattr(layer_spec, "input_layer_norm"):  # parallel residual
+                self.set_layer_norm(layer_spec.input_layer_norm, layer.input_layernorm)
+                self.set_layer_norm(layer_spec.post_attention_layer_norm, layer.post_attention_layernorm)
+            else:
+                self.set_layer_norm(layer_spec.self_attention.layer_norm, layer.input_layernorm)
+                self.set_layer_norm(layer_spec.ffn.layer_norm, layer.post_attention_layernorm)
+            fused = layer.attention.query_key_value
+            qkv = layer_spec.self_attention.linear[0]
+            qkv.weight = grouped_to_blocks(fused.weight, kv_heads, head_dim)
+            qkv.bias = grouped_to_blocks(fused.bias, kv_heads, head_dim)
+            self.set_linear(layer_spec.self_attention.linear[1], layer.attention.dense)
+            self.set_linear(layer_spec.ffn.linear_0, layer.mlp.dense_h_to_4h)
+            self.set_linear(layer_spec.ffn.linear_1, layer.mlp.dense_4h_to_h)
+
+
+@ct2.register_loader("GPTBigCodeAttnVariantConfig")
+class GPTBigCodeVariantLoader(_VariantLoader, ct2.GPTBigCodeMHALoader):
+    """GPTBigCode with 1 < G < H K/V heads: its ``c_attn`` rows per K/V group, regrouped into blocks."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.n_layer,
+            config.n_head,
+            pre_norm=True,
+            activation=ACTIVATIONS[config.activation_function],
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        self.set_decoder(spec.decoder, model.transformer)
+        head_dim = config.n_embd // config.n_head
+        for layer_spec, layer in zip(spec.decoder.layer, model.transformer.h, strict=True):
+            qkv, fused = layer_spec.self_attention.linear[0], layer.attn.c_attn
+            qkv.weight = grouped_to_blocks(fused.weight, self.num_heads_kv(model), head_dim)
+            qkv.bias = grouped_to_blocks(fused.bias, self.num_heads_kv(model), head_dim)
+        self.set_linear(spec.decoder.projection, model.lm_head)
+        return spec
+
+
+@ct2.register_loader("GPTJAttnVariantConfig")
+class GPTJVariantLoader(_VariantLoader, ct2.GPTJLoader):
+    """GPT-J with G K/V heads: queries and keys permuted for CTranslate2's sliced rotary, each by its own heads."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.n_layer,
+            config.n_head,
+            pre_norm=True,
+            activation=ACTIVATIONS[config.activation_function],
+            rotary_dim=config.rotary_dim,
+            rotary_interleave=False,
+            parallel_residual=True,
+            shared_layer_norm=True,
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        decoder, module, kv = spec.decoder, model.transformer, self.num_heads_kv(model)
+        decoder.scale_embeddings = False
+        self.set_embeddings(decoder.embeddings, module.wte)
+        self.set_layer_norm(decoder.layer_norm, module.ln_f)
+        for layer_spec, layer in zip(decoder.layer, module.h, strict=True):
+            self.set_layer_norm(layer_spec.shared_layer_norm, layer.ln_1)
+            q = ct2_utils.permute_for_sliced_rotary(layer.attn.q_proj.weight, config.n_head, config.rotary_dim)
+            k = ct2_utils.permute_for_sliced_rotary(layer.attn.k_proj.weight, kv, config.rotary_dim)
+            layer_spec.self_attention.linear[0].weight = torch.cat((q, k, layer.attn.v_proj.weight))
+            self.set_linear(layer_spec.self_attention.linear[1], layer.attn.out_proj)
+            self.set_linear(layer_spec.ffn.linear_0, layer.mlp.fc_in)
+            self.set_linear(layer_spec.ffn.linear_1, layer.mlp.fc_out)
+        self.set_linear(decoder.projection, model.lm_head)
+        return spec
+
+
+@ct2.register_loader("BloomAttnVariantConfig")
+class BloomVariantLoader(_VariantLoader, ct2.BloomLoader):
+    """BLOOM with G K/V heads (ALiBi): its fused rows per K/V group, regrouped into blocks."""
+
+    def get_model_spec(self, model):
+        config = model.config
+        self._kv_layout = (self.num_heads_kv(model), config.hidden_size // config.n_head)
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.n_layer,
+            config.n_head,
+            pre_norm=True,
+            activation=ct2.common_spec.Activation.GELUTanh,
+            layernorm_embedding=True,
+            alibi=True,
+            alibi_use_positive_positions=True,
+            num_heads_kv=self.num_heads_kv(model),
+        )
+        self.set_decoder(spec.decoder, model.transformer)
+        self.set_linear(spec.decoder.projection, model.lm_head)
+        return spec
+
+    def set_qkv_linear(self, spec, module, num_heads):
+        kv, head_dim = self._kv_layout
+        spec.weight = grouped_to_blocks(module.weight, kv, head_dim)
+        spec.bias = grouped_to_blocks(module.bias, kv, head_dim)
+
+
+@ct2.register_loader("FalconAttnVariantConfig")
+class FalconVariantLoader(_VariantLoader, ct2.FalconLoader):
+    """Falcon with G K/V heads (rotary; ALiBi Falcon is refused at conversion): fused rows per K/V group, regrouped."""
+
+    def get_model_spec(self, model):
+        config, kv = model.config, self.num_heads_kv(model)
+        layers = model.transformer.h
+        two_norms = hasattr(layers[0], "ln_attn")  # the new architecture: one norm before attention, one before MLP
+        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
+            config.num_hidden_layers,
+            config.num_attention_heads,
+            pre_norm=True,
+            activation=ct2.common_spec.Activation.GELU,
+            rotary_dim=0,  # every dim of a head
+            rotary_interleave=False,
+            rotary_base=(getattr(config, "rope_parameters", None) or {}).get("rope_theta", 10000.0),
+            parallel_residual=config.parallel_attn,
+            shared_layer_norm=config.parallel_attn and not two_norms,
+            num_heads_kv=kv,
+        )
+        decoder, head_dim = spec.decoder, config.hidden_size // config.num_attention_heads
+        decoder.scale_embeddings = False
+        self.set_embeddings(decoder.embeddings, model.transformer.word_embeddings)
+        self.set_layer_norm(decoder.layer_norm, model.transformer.ln_f)
+        for layer_spec, layer in zip(decoder.layer, layers, strict=True):
+            if two_norms:
+                self.set_layer_norm(layer_spec.input_layer_norm, layer.ln_attn)
+                self.set_layer_norm(layer_spec.post_attention_layer_norm, layer.ln_mlp)
+            elif config.parallel_attn:
+                self.set_layer_norm(layer_spec.shared_layer_norm, layer.input_layernorm)
+            else:
+                self.set_layer_norm(layer_spec.self_attention.layer_norm, layer.input_layernorm)
+                self.set_layer_norm(layer_spec.ffn.layer_norm, layer.post_attention_layernorm)
+            fused, qkv = layer.self_attention.query_key_value, layer_spec.self_attention.linear[0]
+            qkv.weight = grouped_to_blocks(fused.weight, kv, head_dim)
+            if fused.bias is not None:
+                qkv.bias = grouped_to_blocks(fused.bias, kv, head_dim)
+            self.set_linear(layer_spec.self_attention.linear[1], layer.self_attention.dense)
+            self.set_linear(layer_spec.ffn.linear_0, layer.mlp.dense_h_to_4h)
+            self.set_linear(layer_spec.ffn.linear_1, layer.mlp.dense_4h_to_h)
+        self.set_linear(decoder.projection, model.lm_head)
+        return spec
+
+
+def grouped_to_blocks(rows: torch.Tensor, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Fused rows ``[q .. q k v] x G`` (per K/V group, GPT-NeoX's layout) as ``[q | k | v]`` blocks."""
+    grouped = rows.reshape(kv_heads, -1, head_dim, *rows.shape[1:])  # (G, per_group + 2, head_dim, ...)
+    q, k, v = grouped[:, :-2], grouped[:, -2], grouped[:, -1]
+    return torch.cat([q.reshape(-1, *rows.shape[1:]), k.reshape(-1, *rows.shape[1:]), v.reshape(-1, *rows.shape[1:])])
+
+
+SERVED = {  # the plugin configs served here
+    "GPT2AttnVariantConfig", "OPTAttnVariantConfig", "GPTNeoXAttnVariantConfig", "GPTBigCodeAttnVariantConfig",
+    "GPTJAttnVariantConfig", "BloomAttnVariantConfig", "FalconAttnVariantConfig",
+}  # fmt: skip
+
+
+def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, overwrite: bool = False) -> str:
+    """Convert the saved variant (or any model CTranslate2 knows) in ``src`` to a CTranslate2 model in ``out``.
+
+    ``out`` is written atomically (a temporary folder renamed at the end) and refused if it exists, unless
+    ``overwrite``. Returns ``out``.
+    """
+    config = transformers.AutoConfig.from_pretrained(src)
+    name = type(config).__name__
+    if name.endswith("AttnVariantConfig") and name not in SERVED:
+        raise ValueError(
+            f"{name}: no CTranslate2 loader for this plugin family yet; served: {sorted(SERVED)} "
+            "(and every native family CTranslate2 knows)"
+        )
+    out = check_output_dir(src, out, overwrite)
+    with atomic_output_dir(out) as tmp:
+        TransformersConverter(str(src)).convert(str(tmp), quantization=quantization, force=True)
+    return str(out)

@@ -1,0 +1,132 @@
+"""Serving converted checkpoints with CTranslate2: plugin families through the loaders this package registers,
+native ones through CTranslate2's own. Each must reach the engine with G K/V heads and give transformers' log-probs
+and greedy tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+
+from .conftest import char_tokenizer, tiny_model
+
+ctranslate2 = pytest.importorskip("ctranslate2", reason="CTranslate2 is not installed (pip install ctranslate2)")
+from ctranslate2.converters import TransformersConverter  # noqa: E402
+
+from hf_attn_variants.ctranslate2_support import SERVED, convert_to_ctranslate2, grouped_to_blocks  # noqa: E402
+
+CASES = [("gpt2", 2), ("gpt2", 1), ("opt", 2), ("opt", 1), ("gpt_neox", 2), ("gpt_neox", 1), ("gpt_bigcode", 2),
+         ("gptj", 2), ("gptj", 1), ("bloom", 2), ("bloom", 1), ("falcon", 2), ("falcon", 1), ("falcon-7b", 2), ("llama", 1),
+         ("qwen2", 1), ("mistral", 2)]  # fmt: skip
+PADDED_VOCAB = {"opt": 8}  # CTranslate2's OPT loader pads the vocabulary to a multiple of 8
+
+
+CONFIGS = {  # more configurations of a family, by name
+    "falcon-7b": ("falcon", {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
+                             "bias": True, "num_kv_heads": None}),  # one K/V head, one shared norm
+}  # fmt: skip
+
+
+def saved_variant(tmp_path, name: str, kv: int):
+    tokenizer = char_tokenizer()
+    family, config = CONFIGS.get(name, (name, {}))
+    multiple = PADDED_VOCAB.get(family, 1)
+    vocab = -(-len(tokenizer) // multiple) * multiple
+    source = tiny_model(family, vocab_size=vocab, **config)
+    variant = hav.convert(source, "gqa" if kv > 1 else "mqa", kv, "mean")
+    src = tmp_path / f"{family}-{kv}"
+    variant.save_pretrained(src)
+    tokenizer.save_pretrained(src)
+    return src, tokenizer
+
+
+@pytest.mark.parametrize("family, kv", CASES, ids=[f"{f}-kv{k}" for f, k in CASES])
+def test_ctranslate2_serves_the_variant_with_g_kv_heads_and_transformers_log_probs(tmp_path, family, kv):
+    src, tokenizer = saved_variant(tmp_path, family, kv)
+    spec = TransformersConverter(str(src))._load()  # what the engine is given
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    heads, head_dim = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    attention = spec.decoder.layer[0].self_attention
+    assert int(attention.num_heads_kv) == kv
+    assert tuple(attention.linear[0].weight.shape) == ((heads + 2 * kv) * head_dim, model.config.hidden_size)
+
+    out = convert_to_ctranslate2(src, tmp_path / "ct2")
+    generator = ctranslate2.Generator(out, device="cpu")
+    ids = torch.randint(3, 60, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits.log_softmax(-1)[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
+    scored = generator.score_batch([tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids])
+    found = torch.tensor([s.log_probs for s in scored])
+    torch.testing.assert_close(found, expected, atol=1e-4, rtol=0)
+
+    prompt = ids[:1, :6]
+    greedy = generator.generate_batch(
+        [tokenizer.convert_ids_to_tokens(prompt[0].tolist())], max_length=8, sampling_topk=1,
+        include_prompt_in_result=False, end_token=[],
+    )[0].sequences_ids[0]  # fmt: skip
+    reference = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert greedy == reference[0, 6:].tolist()
+
+
+def test_the_grouped_layout_becomes_blocks():
+    """GPT-NeoX's fused rows per K/V group ``[q q k v] x 2`` (labelled here by their own row index) as blocks."""
+    rows = torch.arange(8).unsqueeze(-1).float()  # 2 groups x (2 queries + k + v), head_dim 1
+    assert grouped_to_blocks(rows, kv_heads=2, head_dim=1).squeeze(-1).tolist() == [0, 1, 4, 5, 2, 6, 3, 7]
+
+
+def test_every_plugin_family_has_a_loader():
+    """Every plugin family's variant config has a CTranslate2 loader registered by this package."""
+    from ctranslate2.converters.transformers import _MODEL_LOADERS  # CTranslate2's registry of loaders
+
+    configs = {registration_config_name(f) for f in hav.families() if not f.native}
+    assert configs == SERVED and configs <= set(_MODEL_LOADERS)
+
+
+def registration_config_name(family) -> str:
+    from hf_attn_variants.families.registry import variant_config_class
+
+    return variant_config_class(family).__name__
+
+
+def test_a_model_ctranslate2_cannot_convert_leaves_nothing(tmp_path):
+    src, _ = saved_variant(tmp_path, "olmo2", 1)
+    with pytest.raises(ValueError, match="^No conversion is registered for the model configuration Olmo2Config"):
+        convert_to_ctranslate2(src, tmp_path / "ct2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["olmo2-1"]
+
+
+def test_the_output_folder_is_refused_if_it_exists(tmp_path):
+    src, _ = saved_variant(tmp_path, "gpt2", 2)
+    (tmp_path / "ct2").mkdir()
+    (tmp_path / "ct2" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        convert_to_ctranslate2(src, tmp_path / "ct2")
+    assert (tmp_path / "ct2" / "keep.txt").read_text() == "mine"
+
+
+def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
+    """``hf-attn-variants export SRC OUT`` as typed: the console script, default engine and weight type."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, tokenizer = saved_variant(tmp_path, "gpt_neox", 2)
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    done = subprocess.run([str(exe), "export", str(src), str(tmp_path / "ct2")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = tmp_path / "ct2"
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"wrote {out} (CTranslate2; serve it with ctranslate2.Generator({str(out)!r}))"
+    )
+    scored = ctranslate2.Generator(str(out)).score_batch([tokenizer.convert_ids_to_tokens([5, 6, 7, 8])])
+    assert len(scored[0].log_probs) == 3
+    again = subprocess.run([str(exe), "export", str(src), str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and again.stderr.strip().startswith("hf-attn-variants export: error: ")
+    bad = subprocess.run([str(exe), "export", str(src), str(tmp_path / "x"), "--engine", "vllm"], capture_output=True,
+                         text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
+        "hf-attn-variants export: error: argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2')"
+    )
+    assert not (tmp_path / "x").exists()
