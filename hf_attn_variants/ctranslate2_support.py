@@ -44,17 +44,22 @@ class GPT2VariantLoader(_VariantLoader, ct2.GPT2Loader):
     """GPT-2 with G K/V heads: its ``c_attn`` rows are already ``[q | k | v]`` blocks."""
 
     def get_model_spec(self, model):
-        config = model.config
-        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
-            config.n_layer,
-            config.n_head,
-            pre_norm=True,
-            activation=ACTIVATIONS[config.activation_function],
-            num_heads_kv=self.num_heads_kv(model),
-        )
+        spec = gpt2_style_spec(model, self.num_heads_kv(model))
         self.set_decoder(spec.decoder, model.transformer)
         self.set_linear(spec.decoder.projection, model.lm_head)
         return spec
+
+
+def gpt2_style_spec(model, kv_heads: int):
+    """The decoder spec of GPT-2 and GPTBigCode (pre-norm, learned positions), with ``kv_heads`` K/V heads."""
+    config = model.config
+    return transformer_spec.TransformerDecoderModelSpec.from_config(
+        config.n_layer,
+        config.n_head,
+        pre_norm=True,
+        activation=ACTIVATIONS[config.activation_function],
+        num_heads_kv=kv_heads,
+    )
 
 
 @ct2.register_loader("OPTAttnVariantConfig")
@@ -110,10 +115,7 @@ class GPTNeoXVariantLoader(_VariantLoader, ct2.GPTNeoXLoader):
             else:
                 self.set_layer_norm(layer_spec.self_attention.layer_norm, layer.input_layernorm)
                 self.set_layer_norm(layer_spec.ffn.layer_norm, layer.post_attention_layernorm)
-            fused = layer.attention.query_key_value
-            qkv = layer_spec.self_attention.linear[0]
-            qkv.weight = grouped_to_blocks(fused.weight, kv_heads, head_dim)
-            qkv.bias = grouped_to_blocks(fused.bias, kv_heads, head_dim)
+            set_grouped_qkv(layer_spec.self_attention.linear[0], layer.attention.query_key_value, kv_heads, head_dim)
             self.set_linear(layer_spec.self_attention.linear[1], layer.attention.dense)
             self.set_linear(layer_spec.ffn.linear_0, layer.mlp.dense_h_to_4h)
             self.set_linear(layer_spec.ffn.linear_1, layer.mlp.dense_4h_to_h)
@@ -125,19 +127,11 @@ class GPTBigCodeVariantLoader(_VariantLoader, ct2.GPTBigCodeMHALoader):
 
     def get_model_spec(self, model):
         config = model.config
-        spec = transformer_spec.TransformerDecoderModelSpec.from_config(
-            config.n_layer,
-            config.n_head,
-            pre_norm=True,
-            activation=ACTIVATIONS[config.activation_function],
-            num_heads_kv=self.num_heads_kv(model),
-        )
+        spec = gpt2_style_spec(model, self.num_heads_kv(model))
         self.set_decoder(spec.decoder, model.transformer)
         head_dim = config.n_embd // config.n_head
         for layer_spec, layer in zip(spec.decoder.layer, model.transformer.h, strict=True):
-            qkv, fused = layer_spec.self_attention.linear[0], layer.attn.c_attn
-            qkv.weight = grouped_to_blocks(fused.weight, self.num_heads_kv(model), head_dim)
-            qkv.bias = grouped_to_blocks(fused.bias, self.num_heads_kv(model), head_dim)
+            set_grouped_qkv(layer_spec.self_attention.linear[0], layer.attn.c_attn, self.num_heads_kv(model), head_dim)
         self.set_linear(spec.decoder.projection, model.lm_head)
         return spec
 
@@ -197,9 +191,7 @@ class BloomVariantLoader(_VariantLoader, ct2.BloomLoader):
         return spec
 
     def set_qkv_linear(self, spec, module, num_heads):
-        kv, head_dim = self._kv_layout
-        spec.weight = grouped_to_blocks(module.weight, kv, head_dim)
-        spec.bias = grouped_to_blocks(module.bias, kv, head_dim)
+        set_grouped_qkv(spec, module, *self._kv_layout)
 
 
 @ct2.register_loader("FalconAttnVariantConfig")
@@ -235,15 +227,19 @@ class FalconVariantLoader(_VariantLoader, ct2.FalconLoader):
             else:
                 self.set_layer_norm(layer_spec.self_attention.layer_norm, layer.input_layernorm)
                 self.set_layer_norm(layer_spec.ffn.layer_norm, layer.post_attention_layernorm)
-            fused, qkv = layer.self_attention.query_key_value, layer_spec.self_attention.linear[0]
-            qkv.weight = grouped_to_blocks(fused.weight, kv, head_dim)
-            if fused.bias is not None:
-                qkv.bias = grouped_to_blocks(fused.bias, kv, head_dim)
+            set_grouped_qkv(layer_spec.self_attention.linear[0], layer.self_attention.query_key_value, kv, head_dim)
             self.set_linear(layer_spec.self_attention.linear[1], layer.self_attention.dense)
             self.set_linear(layer_spec.ffn.linear_0, layer.mlp.dense_h_to_4h)
             self.set_linear(layer_spec.ffn.linear_1, layer.mlp.dense_4h_to_h)
         self.set_linear(decoder.projection, model.lm_head)
         return spec
+
+
+def set_grouped_qkv(spec, fused, kv_heads: int, head_dim: int) -> None:
+    """CTranslate2's fused q/k/v ``spec`` from a fused projection whose rows are grouped per K/V head."""
+    spec.weight = grouped_to_blocks(fused.weight, kv_heads, head_dim)
+    if fused.bias is not None:
+        spec.bias = grouped_to_blocks(fused.bias, kv_heads, head_dim)
 
 
 def grouped_to_blocks(rows: torch.Tensor, kv_heads: int, head_dim: int) -> torch.Tensor:
