@@ -42,7 +42,11 @@ def batches(vocab: int) -> list[torch.Tensor]:
     return [text] * STEPS  # one batch learnt again and again, so the loss must fall
 
 
-def step(model, optimizer, ids) -> float:
+def sgd(model) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+
+
+def step(model, optimizer, ids) -> torch.Tensor:
     loss = model(ids, labels=ids).loss
     loss.backward()
     optimizer.step()
@@ -53,15 +57,18 @@ def step(model, optimizer, ids) -> float:
 def unsharded_curve(family, kv) -> tuple[list[float], dict]:
     torch.manual_seed(0)
     model = variant(family, kv)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+    optimizer = sgd(model)
     curve = [float(step(model, optimizer, ids)) for ids in batches(model.config.vocab_size)]
     return curve, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def shard(model):
+    """Each decoder layer, then the root: fsdp.yaml's TRANSFORMER_BASED_WRAP, by the model's _no_split_modules."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model.model.layers if hasattr(model, "model") else model.transformer.h:
+    layers = [module for module in model.modules() if type(module).__name__ in model._no_split_modules]
+    assert layers, model._no_split_modules
+    for layer in layers:
         fully_shard(layer)
     return fully_shard(model)
 
@@ -84,7 +91,7 @@ def worker(rank, world, port, family, kv, out):
         def fresh():
             torch.manual_seed(0)
             model = shard(variant(family, kv))
-            return model, torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9)
+            return model, sgd(model)
 
         def run(model, optimizer, todo):
             curve = []
