@@ -142,7 +142,7 @@ def convert(
             raise ValueError(
                 f"kv_init={recipe.kv_init!r} with {recipe.merge_kwargs()} merges heads from calibration statistics: "
                 "pass tokenizer=... or calibration=hf_attn_variants.calibrate(model, tokenizer) (or use "
-                "kv_init='mean' without fit, grouping, sequential or refine_steps)"
+                "kv_init='mean' without fit, grouping, sequential, refine_steps or distill_steps)"
             )
         logger.info("converting to %d K/V heads with %s", dst, recipe.label())
         merged = merge_calibrated(model, family, dst, recipe, calibration)

@@ -35,6 +35,7 @@ KV_INIT_CHOICES: tuple[str, ...] = typing.get_args(KVInit)
 PRESET_NAMES = ("auto", "fast", "best")
 MERGE_METHODS = ("aligned", "svd")  # methods that merge whole layers from calibration statistics
 POOL_METHODS = ("mean", "first", "random")  # tensor by tensor, no data
+MERGE_OPTIONS = ("grouping", "fit", "sequential", "refine_steps", "distill_steps")  # what only a merge can do
 
 # what each named preset sets (the rest stays at the field defaults)
 PRESETS: dict[str, dict] = {
@@ -69,6 +70,12 @@ class KVRecipe:
         default=0, metadata={"help": "Adam steps per attention layer towards the source attention's output"}
     )
     refine_lr: float = field(default=1e-4, metadata={"help": "learning rate of refine_steps"})
+    distill_steps: int = field(
+        default=0,
+        metadata={"help": "Adam steps on the attention weights towards the source's next-token output (KL), "
+                  "4 calibration blocks a step"},
+    )  # fmt: skip
+    distill_lr: float = field(default=1e-4, metadata={"help": "learning rate of distill_steps"})
     calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})
     calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration block"})
     calibration_seed: int = field(default=0, metadata={"help": "seed that draws the calibration blocks"})
@@ -98,7 +105,9 @@ class KVRecipe:
         for name in ("fit", "sequential"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
-        for name, low in (("refine_steps", 0), ("calibration_samples", 1), ("calibration_seq_len", 2)):
+        for name, low in (
+            ("refine_steps", 0), ("distill_steps", 0), ("calibration_samples", 1), ("calibration_seq_len", 2)
+        ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be a whole number, {low} or more")
@@ -106,9 +115,10 @@ class KVRecipe:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name}={value!r} must be a whole number")
-        lr = self.refine_lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"refine_lr={lr!r} must be a finite number above 0 (such as 1e-4)")
+        for name in ("refine_lr", "distill_lr"):
+            lr = getattr(self, name)
+            if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+                raise ValueError(f"{name}={lr!r} must be a finite number above 0 (such as 1e-4)")
         files = self.calibration_data_files
         if isinstance(files, str):
             self.calibration_data_files = [files]
@@ -120,14 +130,10 @@ class KVRecipe:
     def _check_combination(self) -> None:
         if self.kv_init in ("first", "random") and self.needs_calibration:
             defaults = KVRecipe.__dataclass_fields__
-            given = {
-                k: getattr(self, k)
-                for k in ("grouping", "fit", "sequential", "refine_steps")
-                if getattr(self, k) != defaults[k].default
-            }
+            given = {k: getattr(self, k) for k in MERGE_OPTIONS if getattr(self, k) != defaults[k].default}
             raise ValueError(
                 f"kv_init={self.kv_init!r} takes no merge options, got {given}; use kv_init mean, aligned or svd "
-                "with grouping, fit, sequential or refine_steps"
+                f"with {', '.join(MERGE_OPTIONS)}"
             )
 
     def _apply_preset(self, name: str) -> None:
@@ -147,6 +153,7 @@ class KVRecipe:
             or self.fit
             or self.sequential
             or self.refine_steps > 0
+            or self.distill_steps > 0
         )
 
     def options(self) -> dict:
@@ -160,12 +167,13 @@ class KVRecipe:
     def label(self) -> str:
         """A short human name: ``svd + refine_steps=40 (preset best)``."""
         parts = [self.kv_init]
-        for name in ("grouping", "fit", "sequential", "refine_steps"):
+        for name in MERGE_OPTIONS:
             value, default = getattr(self, name), KVRecipe.__dataclass_fields__[name].default
             if value != default:
                 parts.append(name if value is True else f"{name}={value}")
-        if self.refine_steps:
-            parts.append(f"refine_lr={self.refine_lr:g}")
+            if name in ("refine_steps", "distill_steps") and value:
+                lr = name.replace("steps", "lr")
+                parts.append(f"{lr}={getattr(self, lr):g}")
         if self.needs_calibration:
             parts.append(f"{self.calibration_samples} x {self.calibration_seq_len} calibration tokens")
         text = ", ".join(parts)
@@ -204,6 +212,8 @@ class KVRecipe:
             "sequential": self.sequential,
             "refine_steps": self.refine_steps,
             "refine_lr": self.refine_lr,
+            "distill_steps": self.distill_steps,
+            "distill_lr": self.distill_lr,
         }
 
     @classmethod

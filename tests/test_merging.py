@@ -331,6 +331,45 @@ def test_calibration_blocks_refuse_too_few_blocks_and_leave_held_out_text_alone(
         calibration_blocks(tokenizer, num_samples=0)
 
 
+def kl_from(source, model, ids) -> float:
+    """Mean over tokens of KL(source || model) of the next-token distributions on ``ids``."""
+    target, got = logits(source, ids).log_softmax(-1), logits(model, ids).log_softmax(-1)
+    return (target.exp() * (target - got)).sum(-1).mean().item()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox"])
+def test_distilling_trains_only_attention_weights_towards_the_source_output(family):
+    source = tiny_model(family).double()
+    untouched = {k: v.clone() for k, v in source.state_dict().items()}
+    calibration = calibration_of(source, n=16, length=16)
+    merged = hav.convert(source, "mqa", kv_init="svd", calibration=calibration)
+    options = dict(kv_init="svd", calibration=calibration, distill_steps=30, distill_lr=3e-4)
+    distilled = hav.convert(source, "mqa", **options)
+    # on the blocks it read (random tokens say nothing of other text; docs/conversion.md measures held-out text)
+    ids = calibration.input_ids
+    assert kl_from(source, distilled, ids) < 0.7 * kl_from(source, merged, ids)
+    assert all(torch.equal(untouched[k], v) for k, v in source.state_dict().items())  # the teacher is unchanged
+    attention = {f"{name}.{p}" for name, m in hav.family_for(merged.config).attention_modules(merged)
+                 for p, _ in m.named_parameters()}  # fmt: skip
+    before, after = merged.state_dict(), distilled.state_dict()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed and changed <= attention, changed - attention
+    assert all(p.requires_grad for p in distilled.parameters())  # flags restored
+    again = hav.convert(source, "mqa", **options)  # the same seed, the same weights
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in after.items())
+    assert distilled.config.attn_variant_recipe["distill_steps"] == 30
+
+
+def test_bad_distillation_options_are_refused():
+    source = tiny_model("llama")
+    with pytest.raises(ValueError, match="^distill_steps=-1 must be a whole number, 0 or more$"):
+        hav.convert(source, "mqa", kv_init="svd", calibration=calibration_of(source), distill_steps=-1)
+    with pytest.raises(ValueError, match=r"^distill_lr=0 must be a finite number above 0 \(such as 1e-4\)$"):
+        hav.KVRecipe(distill_lr=0)
+    with pytest.raises(ValueError, match=r"kv_init='first' takes no merge options, got \{'distill_steps': 5\}"):
+        hav.convert(source, "mqa", kv_init="first", distill_steps=5)
+
+
 def test_bad_merge_options_are_refused_with_the_valid_choices():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match=r"grouping='nearest' is not one of \['contiguous', 'similarity'\]"):
@@ -341,9 +380,9 @@ def test_bad_merge_options_are_refused_with_the_valid_choices():
         hav.convert(model, "mqa", kv_init="first", sequential=True)
     message = (
         "kv_init='svd' with {'grouping': 'contiguous', 'fit': False, 'sequential': True, 'refine_steps': 0, "
-        "'refine_lr': 0.0001} merges heads from calibration statistics: pass tokenizer=... or "
-        "calibration=hf_attn_variants.calibrate(model, tokenizer) (or use kv_init='mean' without fit, grouping, "
-        "sequential or refine_steps)"
+        "'refine_lr': 0.0001, 'distill_steps': 0, 'distill_lr': 0.0001} merges heads from calibration statistics: "
+        "pass tokenizer=... or calibration=hf_attn_variants.calibrate(model, tokenizer) (or use kv_init='mean' "
+        "without fit, grouping, sequential, refine_steps or distill_steps)"
     )
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         hav.convert(model, "mqa", kv_init="svd", sequential=True)

@@ -8,6 +8,9 @@
     to the source's output layer by layer (``sequential``).
 ``refinement``
     each merged attention layer trained briefly to reproduce the source's (``refine_steps``).
+``distillation``
+    the merged model's attention weights trained end to end towards the source's next-token output
+    (``distill_steps``).
 
 :func:`hf_attn_variants.convert` validates a request and calls :func:`merge_calibrated` when a recipe merges
 heads from calibration statistics.
@@ -16,10 +19,19 @@ heads from calibration statistics.
 from __future__ import annotations
 
 from .calibration import Calibration, calibrate, calibration_for
+from .distillation import distill_attention
 from .fitting import merge_heads
 from .refinement import refine_attention
 
-__all__ = ["Calibration", "calibrate", "calibration_for", "merge_calibrated", "merge_heads", "refine_attention"]
+__all__ = [
+    "Calibration",
+    "calibrate",
+    "calibration_for",
+    "distill_attention",
+    "merge_calibrated",
+    "merge_heads",
+    "refine_attention",
+]
 
 
 def merge_calibrated(model, family, dst: int, recipe, calibration: Calibration):
@@ -29,4 +41,9 @@ def merge_calibrated(model, family, dst: int, recipe, calibration: Calibration):
     )
     if recipe.refine_steps:
         refine_attention(model, merged, family, calibration, recipe.refine_steps, recipe.refine_lr)
+    if recipe.distill_steps:
+        distill_attention(
+            model, merged, family, calibration.input_ids, recipe.distill_steps, recipe.distill_lr,
+            seed=recipe.calibration_seed,
+        )  # fmt: skip
     return merged
