@@ -1,17 +1,21 @@
-"""Zero-step quality and cost of the conversion presets on SmolLM2-135M-Instruct (GQA-3 -> MQA).
+"""Zero-step quality and cost of conversion recipes on SmolLM2-135M-Instruct (GQA-3 -> MQA).
 
     python bench/recipes.py --json_out out/bench/recipes.json
     python bench/recipes.py --recipes mean fast best --other_text tinyshakespeare.txt
+    python bench/recipes.py --recipes "best distill_steps=120" --other_text tinyshakespeare.txt
 
-Each recipe converts the model as ``hav.convert(model, "mqa", kv_init=RECIPE, tokenizer=tokenizer)`` does
-(calibration, where the recipe needs it, on the default text less its last 10%), then is scored on 16
-held-out blocks of 256 tokens of that last 10% and, with ``--other_text``, on the first 4,096 tokens of a
-text of another domain that no recipe calibrates on; plus the greedy answer to a fixed chat prompt.
+A recipe is a method or preset name, then optional ``field=value`` options of ``hav.KVRecipe``. Each converts
+the model as ``hav.convert(model, "mqa", kv_init=..., tokenizer=tokenizer)`` does (calibration, where the
+recipe needs it, on the default text less its last 10%), then is scored on 16 held-out blocks of 256 tokens of
+that last 10% and, with ``--other_text``, on the first 4,096 tokens of a text of another domain that no recipe
+calibrates on; and on answers: the greedy answers to the shipped factual chat prompts
+(``hf_attn_variants/prompts/factual_chat.jsonl``) compared with the source's (``hf_attn_variants.answers``).
 Writes JSON and prints a Markdown table.
 """
 
 from __future__ import annotations
 
+import ast
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,19 +25,35 @@ import transformers
 from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
+from hf_attn_variants.answers import compare_answers, factual_prompts, greedy_answers
 from hf_attn_variants.data import load_texts, pack
 from hf_attn_variants.default_model import default_model
 from hf_attn_variants.io import write_json
-from hf_attn_variants.tradeoff import greedy_answer
 
 
 @dataclass
 class Args:
-    recipes: list[str] = field(default_factory=lambda: ["mean", "fast", "svd", "best"])
+    recipes: list[str] = field(
+        default_factory=lambda: ["mean", "fast", "svd", "best"],
+        metadata={"help": "each a method or preset, then optional KVRecipe options: 'best distill_steps=120'"},
+    )
     variant: str = "mqa"
     other_text: str | None = field(default=None, metadata={"help": "a text file of another domain"})
-    prompt: str = "What is the capital of France?"
     json_out: str | None = None
+
+
+def parse_recipe(spec: str) -> dict:
+    """``"best distill_steps=120"`` -> ``{"kv_init": "best", "distill_steps": 120}`` (values as Python literals)."""
+    name, *options = spec.split()
+    parsed = {"kv_init": name}
+    for option in options:
+        key, _, value = option.partition("=")
+        try:
+            parsed[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed[key] = value
+    hav.KVRecipe(**parsed)  # refuse a bad recipe before anything runs
+    return parsed
 
 
 def perplexity(model, blocks: torch.Tensor) -> float:
@@ -47,6 +67,7 @@ def perplexity(model, blocks: torch.Tensor) -> float:
 
 def main() -> None:
     (args,) = HfArgumentParser(Args).parse_args_into_dataclasses()
+    recipes = {spec: parse_recipe(spec) for spec in args.recipes}
     folder, gguf = default_model()
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     source = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32).eval()
@@ -55,27 +76,36 @@ def main() -> None:
     if args.other_text:
         ids = tokenizer(open(args.other_text).read()[:200_000])["input_ids"][: 16 * 256]
         texts[args.other_text] = torch.tensor(ids).view(16, 256)
+    prompts = factual_prompts()
 
-    def score(model) -> dict:
+    def score(model, reference=None) -> dict:
+        answers = greedy_answers(model, tokenizer, [p.prompt for p in prompts])
         return {
             "perplexity": {name: perplexity(model, ids) for name, ids in texts.items()},
-            "answer": greedy_answer(model, tokenizer, args.prompt),
+            "answers": answers,
+            "agreement": compare_answers(answers, reference or answers, prompts),
         }
 
-    results = {"source": score(source), "recipes": {}}
-    for name in args.recipes:
+    results = {"source": score(source), "prompts": [p.prompt for p in prompts], "recipes": {}}
+    reference = results["source"]["answers"]
+    for spec, options in recipes.items():
         start = time.perf_counter()
-        model = hav.convert(source, args.variant, kv_init=name, tokenizer=tokenizer).eval()
+        model = hav.convert(source, args.variant, tokenizer=tokenizer, **options).eval()
         seconds = time.perf_counter() - start
-        results["recipes"][name] = {"seconds": seconds, "recipe": model.config.attn_variant_recipe, **score(model)}
-        print(name, results["recipes"][name], flush=True)
-    write_json(args.json_out, results)
-    source_ppl = results["source"]["perplexity"]
-    print("| recipe | " + " | ".join(f"perplexity, {t}" for t in texts) + " | answer | seconds |")
-    print("|---" * (len(texts) + 3) + "|")
+        results["recipes"][spec] = {"seconds": seconds, "recipe": model.config.attn_variant_recipe,
+                                    **score(model, reference)}  # fmt: skip
+        print(spec, results["recipes"][spec], flush=True)
+        write_json(args.json_out, results)  # each recipe as it is measured
+    source_ppl, right = results["source"]["perplexity"], results["source"]["agreement"]["right"]
+    print(f"source: {right}/{len(prompts)} answers right")
+    columns = " | ".join(f"perplexity, {t}" for t in texts)
+    print(f"| recipe | {columns} | right answers (of the source's {right}) | same first sentence | seconds |")
+    print("|---" * (len(texts) + 4) + "|")
     for name, r in results["recipes"].items():
         cells = [f"{r['perplexity'][t]:.4g} ({r['perplexity'][t] / source_ppl[t]:.3g}x)" for t in texts]
-        print(f"| {name} | " + " | ".join(cells) + f" | {r['answer']!r} | {r['seconds']:.0f} |")
+        agree = r["agreement"]
+        print(f"| {name} | " + " | ".join(cells) + f" | {agree['right_as_source']} | {agree['same_first_sentence']} "
+              f"| {r['seconds']:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

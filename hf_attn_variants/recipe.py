@@ -76,6 +76,11 @@ class KVRecipe:
                   "4 calibration blocks a step"},
     )  # fmt: skip
     distill_lr: float = field(default=1e-4, metadata={"help": "learning rate of distill_steps"})
+    distill_generated: int = field(
+        default=0,
+        metadata={"help": "sequences the source writes itself (chat turns where it has a chat template), "
+                  "distilled on with the calibration blocks"},
+    )  # fmt: skip
     calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})
     calibration_seq_len: int = field(default=256, metadata={"help": "tokens per calibration block"})
     calibration_seed: int = field(default=0, metadata={"help": "seed that draws the calibration blocks"})
@@ -106,7 +111,8 @@ class KVRecipe:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be True or False")
         for name, low in (
-            ("refine_steps", 0), ("distill_steps", 0), ("calibration_samples", 1), ("calibration_seq_len", 2)
+            ("refine_steps", 0), ("distill_steps", 0), ("distill_generated", 0),
+            ("calibration_samples", 1), ("calibration_seq_len", 2),
         ):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -174,6 +180,8 @@ class KVRecipe:
             if name in ("refine_steps", "distill_steps") and value:
                 lr = name.replace("steps", "lr")
                 parts.append(f"{lr}={getattr(self, lr):g}")
+            if name == "distill_steps" and value and self.distill_generated:
+                parts.append(f"distill_generated={self.distill_generated}")
         if self.needs_calibration:
             parts.append(f"{self.calibration_samples} x {self.calibration_seq_len} calibration tokens")
         text = ", ".join(parts)
@@ -203,6 +211,7 @@ class KVRecipe:
             "seq_len": self.calibration_seq_len,
             "seed": self.calibration_seed,
             "data_files": self.calibration_data_files,
+            "generated": self.distill_generated if self.distill_steps else 0,
         }
 
     def merge_kwargs(self) -> dict:

@@ -118,7 +118,7 @@ def test_kv_init_random_typed_at_the_console_is_applied(src, tmp_path):
     recipe = json.loads((out / "config.json").read_text())["attn_variant_recipe"]
     assert recipe == {"kv_init": "random", "kv_init_seed": 0, "preset": None, "grouping": "contiguous",
                       "fit": False, "sequential": False, "refine_steps": 0, "refine_lr": 0.0001, "distill_steps": 0,
-                      "distill_lr": 0.0001}  # fmt: skip
+                      "distill_lr": 0.0001, "distill_generated": 0}  # fmt: skip
     converted = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
     source = transformers.AutoModelForCausalLM.from_pretrained(src)
     mean = hav.convert(source, "mqa", kv_init="mean").state_dict()

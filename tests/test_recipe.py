@@ -96,7 +96,8 @@ def test_convert_records_the_recipe_in_the_saved_config(tmp_path):
     model = hav.convert(tiny_model("gpt2"), "mqa", kv_init="first")
     assert model.config.attn_variant_recipe == {"kv_init": "first", "kv_init_seed": 0, "grouping": "contiguous",
                                                 "fit": False, "sequential": False, "refine_steps": 0,
-                                                "refine_lr": 1e-4, "preset": None}  # fmt: skip
+                                                "refine_lr": 1e-4, "distill_steps": 0, "distill_lr": 1e-4,
+                                                "distill_generated": 0, "preset": None}  # fmt: skip
     model.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["attn_variant_recipe"]["kv_init"] == "first"
     assert hav.convert(tiny_model("llama"), "mha").config.attn_variant_recipe == {"kv_init": "exact duplication"}

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import DEFAULT_DATASET, load_texts, pack
+from .generation import generated_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -31,12 +32,30 @@ class Calibration:
         moments: attention module name -> ``(hidden + 1, hidden + 1)`` float64 ``E[x x^T]``, ``x = [h; 1]``.
         input_ids: ``(samples, seq_len)`` the calibration blocks.
         source: where the text came from (for model cards and results).
+        generated_ids: ``(samples, seq_len)`` text the model wrote itself (``generated_blocks``), right-padded,
+            for distillation only (the moments and refinement read ``input_ids``); ``None`` if none.
+        generated_mask: ``generated_ids``' attention mask (1 on the tokens written).
     """
 
     moments: dict[str, torch.Tensor]
     input_ids: torch.Tensor
     source: str = ""
     info: dict = field(default_factory=dict)
+    generated_ids: torch.Tensor | None = None
+    generated_mask: torch.Tensor | None = None
+
+    def distillation_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)``: the calibration blocks, then the generated ones, padded to one width."""
+        ids, mask = self.input_ids, torch.ones_like(self.input_ids)
+        if self.generated_ids is None:
+            return ids, mask
+        width = max(ids.shape[1], self.generated_ids.shape[1])
+
+        def widen(t):
+            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
+
+        return (torch.cat([widen(ids), widen(self.generated_ids)]),
+                torch.cat([widen(mask), widen(self.generated_mask)]))  # fmt: skip
 
     @property
     def tokens(self) -> int:
@@ -46,6 +65,9 @@ class Calibration:
         """Write a safetensors file (moments, blocks, and the source in its metadata)."""
         tensors = {f"moments.{name}": m.contiguous() for name, m in self.moments.items()}
         tensors["input_ids"] = self.input_ids.contiguous()
+        if self.generated_ids is not None:
+            tensors["generated_ids"] = self.generated_ids.contiguous()
+            tensors["generated_mask"] = self.generated_mask.contiguous()
         save_file(tensors, str(path), metadata={"source": self.source, "info": json.dumps(self.info)})
 
     @classmethod
@@ -59,7 +81,9 @@ class Calibration:
         if "input_ids" not in tensors:
             raise ValueError(f"{path} is not a calibration file: it has no input_ids tensor")
         moments = {k.removeprefix("moments."): v for k, v in tensors.items() if k.startswith("moments.")}
-        return cls(moments, tensors["input_ids"], metadata.get("source", ""), json.loads(metadata.get("info", "{}")))
+        info = json.loads(metadata.get("info", "{}"))
+        generated = tensors.get("generated_ids"), tensors.get("generated_mask")
+        return cls(moments, tensors["input_ids"], metadata.get("source", ""), info, *generated)
 
 
 def calibration_blocks(
@@ -207,12 +231,14 @@ def collect_moments(
     return {name: total / input_ids.numel() for name, total in sums.items()}
 
 
-def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibration:
+def calibrate(model, tokenizer=None, *, batch_size: int = 8, generated: int = 0, **draw) -> Calibration:
     """Calibrate ``model`` (any supported family and variant) on blocks of text, ``batch_size`` at a time.
 
     ``draw`` are :func:`calibration_blocks`' options: ``num_samples`` (128), ``seq_len`` (256), ``seed`` (0),
     ``dataset``/``dataset_config``/``data_files`` (by default Python's help text, less the last
     ``exclude_last`` = 10% that training holds out) or ``blocks`` (token blocks to draw from directly).
+    ``generated``: that many sequences of ``seq_len`` tokens the model writes itself (chat turns where the
+    tokenizer has a chat template; :func:`generated_blocks`), kept for distillation.
     """
     from ..families import family_for
 
@@ -232,7 +258,16 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, **draw) -> Calibrat
     else:
         source = draw.get("dataset") or DEFAULT_DATASET
     info = {"num_samples": len(input_ids), "seq_len": int(input_ids.shape[1]), "seed": draw.get("seed", 0)}
-    return Calibration(moments, input_ids, source, info)
+    generated_ids = generated_mask = None
+    if generated and tokenizer is None:
+        logger.warning("no tokenizer: the %d sequences the model would write itself are left out", generated)
+    elif generated:
+        with eval_mode(model):
+            generated_ids, generated_mask = generated_blocks(
+                model, tokenizer, generated, int(input_ids.shape[1]), seed=draw.get("seed", 0)
+            )
+        info["generated"] = generated
+    return Calibration(moments, input_ids, source, info, generated_ids, generated_mask)
 
 
 def calibration_for(recipe, model, tokenizer=None, blocks=None):
