@@ -23,29 +23,39 @@ def chat_tokenizer():
     return tokenizer
 
 
-def test_chat_turns_are_a_sampled_question_then_the_models_own_answer_right_padded_and_seeded():
+def test_the_model_writes_full_blocks_from_the_start_of_a_user_turn_seeded():
     tokenizer = chat_tokenizer()
     model = tiny_model("llama", vocab_size=len(tokenizer)).eval()
-    ids, mask = generated_blocks(model, tokenizer, 5, 48, seed=3, batch_size=2)
-    assert ids.shape == mask.shape == (5, 48)
-    for row, keep in zip(ids, mask, strict=True):
-        n = int(keep.sum())
-        assert keep[:n].all() and not keep[n:].any()  # right padding only
-        text = tokenizer.decode(row[:n])
-        assert text.startswith("<s>user: ") and "</s><s>assistant: " in text, text
-    again = generated_blocks(model, tokenizer, 5, 48, seed=3, batch_size=2)  # the same seed, the same samples
-    assert torch.equal(ids, again[0]) and torch.equal(mask, again[1])
-    assert not torch.equal(ids, generated_blocks(model, tokenizer, 5, 48, seed=4)[0])
+    blocks = generated_blocks(model, tokenizer, 5, 48, seed=3, batch_size=2)
+    assert blocks.shape == (5, 48)
+    start = tokenizer("<s>user: ", add_special_tokens=False)["input_ids"]
+    assert (blocks[:, : len(start)] == torch.tensor(start)).all()
+    assert len({tuple(row.tolist()) for row in blocks}) == 5  # sampled, not five times the same
+    assert torch.equal(blocks, generated_blocks(model, tokenizer, 5, 48, seed=3, batch_size=2))  # seeded
+    assert not torch.equal(blocks, generated_blocks(model, tokenizer, 5, 48, seed=4, batch_size=2))
     state = torch.random.get_rng_state()
     generated_blocks(model, tokenizer, 1, 16, seed=0)
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random state is left alone
+    with pytest.raises(ValueError, match="^seq_len=7 leaves no room after the 7 tokens the model starts from$"):
+        generated_blocks(model, tokenizer, 1, 7)
+
+
+def test_an_end_of_turn_does_not_stop_a_block():
+    tokenizer = chat_tokenizer()
+    model = tiny_model("llama", vocab_size=len(tokenizer)).eval()
+    with torch.no_grad():  # a model that always ends its turn
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tokenizer.eos_token_id] = 1.0
+        model.model.norm.weight.fill_(1.0)
+    blocks = generated_blocks(model, tokenizer, 2, 24, seed=0)
+    assert blocks.shape == (2, 24)
 
 
 def test_without_a_chat_template_the_model_writes_from_its_bos_token():
     tokenizer = char_tokenizer()
     model = tiny_model("gpt2", vocab_size=len(tokenizer)).eval()
-    ids, mask = generated_blocks(model, tokenizer, 3, 20, seed=0)
-    assert (ids[:, 0] == tokenizer.bos_token_id).all() and (mask.sum(-1) > 1).all()
+    blocks = generated_blocks(model, tokenizer, 3, 20, seed=0)
+    assert blocks.shape == (3, 20) and (blocks[:, 0] == tokenizer.bos_token_id).all()
 
 
 def test_calibration_keeps_what_the_model_wrote_through_save_and_load(tmp_path):
@@ -53,16 +63,16 @@ def test_calibration_keeps_what_the_model_wrote_through_save_and_load(tmp_path):
     model = tiny_model("llama", vocab_size=len(tokenizer))
     calibration = calibrate(model, tokenizer, num_samples=4, seq_len=32, generated=3)
     assert calibration.generated_ids.shape == (3, 32) and calibration.info["generated"] == 3
-    ids, mask = calibration.distillation_blocks()
-    assert ids.shape == (7, 32) and mask[:4].all() and torch.equal(mask[4:], calibration.generated_mask)
+    blocks = calibration.distillation_blocks()
+    assert torch.equal(blocks, torch.cat([calibration.input_ids, calibration.generated_ids]))
     calibration.save(tmp_path / "c.safetensors")
-    loaded = Calibration.load(tmp_path / "c.safetensors")
-    assert torch.equal(loaded.generated_ids, calibration.generated_ids)
-    assert torch.equal(loaded.generated_mask, calibration.generated_mask)
+    assert torch.equal(Calibration.load(tmp_path / "c.safetensors").generated_ids, calibration.generated_ids)
+    plain = calibrate(model, tokenizer, num_samples=4, seq_len=32)
+    assert plain.generated_ids is None and torch.equal(plain.distillation_blocks(), plain.input_ids)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_distilling_on_generated_turns_changes_only_attention_and_is_recorded(family):
+def test_distilling_on_what_the_model_wrote_changes_only_attention_and_is_recorded(family):
     tokenizer = chat_tokenizer()
     source = tiny_model(family, vocab_size=len(tokenizer))
     options = dict(kv_init="svd", distill_steps=4, distill_generated=4, calibration_samples=4, tokenizer=tokenizer)
@@ -75,3 +85,14 @@ def test_distilling_on_generated_turns_changes_only_attention_and_is_recorded(fa
                  for p, _ in m.named_parameters()}  # fmt: skip
     differ = {k for k, v in model.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
     assert differ and differ <= attention  # what it distilled on changed the attention weights, nothing else
+
+
+def test_a_tokenizer_with_nowhere_to_start_writing_leaves_distillation_on_the_calibration_blocks(caplog):
+    tokenizer = char_tokenizer()
+    tokenizer.bos_token = tokenizer.eos_token = None
+    model = tiny_model("llama", vocab_size=len(tokenizer))
+    with caplog.at_level("WARNING"):
+        calibration = calibrate(model, tokenizer, num_samples=2, seq_len=16, generated=2)
+    assert calibration.generated_ids is None and "distillation reads the 2 calibration blocks only" in caplog.text
+    with pytest.raises(ValueError, match="starts from its chat template, BOS or EOS token; the tokenizer has none"):
+        generated_blocks(model, tokenizer, 1, 16)

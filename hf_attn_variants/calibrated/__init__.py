@@ -42,8 +42,8 @@ def merge_calibrated(model, family, dst: int, recipe, calibration: Calibration):
     if recipe.refine_steps:
         refine_attention(model, merged, family, calibration, recipe.refine_steps, recipe.refine_lr)
     if recipe.distill_steps:
-        ids, mask = calibration.distillation_blocks()
+        blocks = calibration.distillation_blocks()
         distill_attention(
-            model, merged, family, ids, recipe.distill_steps, recipe.distill_lr, recipe.calibration_seed, mask
+            model, merged, family, blocks, recipe.distill_steps, recipe.distill_lr, recipe.calibration_seed
         )
     return merged

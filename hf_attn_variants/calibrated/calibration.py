@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..data import DEFAULT_DATASET, load_texts, pack
-from .generation import generated_blocks
+from .generation import can_write, generated_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +32,8 @@ class Calibration:
         moments: attention module name -> ``(hidden + 1, hidden + 1)`` float64 ``E[x x^T]``, ``x = [h; 1]``.
         input_ids: ``(samples, seq_len)`` the calibration blocks.
         source: where the text came from (for model cards and results).
-        generated_ids: ``(samples, seq_len)`` text the model wrote itself (``generated_blocks``), right-padded,
-            for distillation only (the moments and refinement read ``input_ids``); ``None`` if none.
-        generated_mask: ``generated_ids``' attention mask (1 on the tokens written).
+        generated_ids: ``(samples, seq_len)`` blocks the model wrote itself (``generated_blocks``), for
+            distillation only (the moments and refinement read ``input_ids``); ``None`` if none.
     """
 
     moments: dict[str, torch.Tensor]
@@ -42,20 +41,12 @@ class Calibration:
     source: str = ""
     info: dict = field(default_factory=dict)
     generated_ids: torch.Tensor | None = None
-    generated_mask: torch.Tensor | None = None
 
-    def distillation_blocks(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(input_ids, attention_mask)``: the calibration blocks, then the generated ones, padded to one width."""
-        ids, mask = self.input_ids, torch.ones_like(self.input_ids)
+    def distillation_blocks(self) -> torch.Tensor:
+        """The blocks distillation reads: the calibration blocks, then those the model wrote itself."""
         if self.generated_ids is None:
-            return ids, mask
-        width = max(ids.shape[1], self.generated_ids.shape[1])
-
-        def widen(t):
-            return torch.nn.functional.pad(t, (0, width - t.shape[1]))
-
-        return (torch.cat([widen(ids), widen(self.generated_ids)]),
-                torch.cat([widen(mask), widen(self.generated_mask)]))  # fmt: skip
+            return self.input_ids
+        return torch.cat([self.input_ids, self.generated_ids])
 
     @property
     def tokens(self) -> int:
@@ -67,7 +58,6 @@ class Calibration:
         tensors["input_ids"] = self.input_ids.contiguous()
         if self.generated_ids is not None:
             tensors["generated_ids"] = self.generated_ids.contiguous()
-            tensors["generated_mask"] = self.generated_mask.contiguous()
         save_file(tensors, str(path), metadata={"source": self.source, "info": json.dumps(self.info)})
 
     @classmethod
@@ -82,8 +72,7 @@ class Calibration:
             raise ValueError(f"{path} is not a calibration file: it has no input_ids tensor")
         moments = {k.removeprefix("moments."): v for k, v in tensors.items() if k.startswith("moments.")}
         info = json.loads(metadata.get("info", "{}"))
-        generated = tensors.get("generated_ids"), tensors.get("generated_mask")
-        return cls(moments, tensors["input_ids"], metadata.get("source", ""), info, *generated)
+        return cls(moments, tensors["input_ids"], metadata.get("source", ""), info, tensors.get("generated_ids"))
 
 
 def calibration_blocks(
@@ -237,8 +226,8 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, generated: int = 0,
     ``draw`` are :func:`calibration_blocks`' options: ``num_samples`` (128), ``seq_len`` (256), ``seed`` (0),
     ``dataset``/``dataset_config``/``data_files`` (by default Python's help text, less the last
     ``exclude_last`` = 10% that training holds out) or ``blocks`` (token blocks to draw from directly).
-    ``generated``: that many sequences of ``seq_len`` tokens the model writes itself (chat turns where the
-    tokenizer has a chat template; :func:`generated_blocks`), kept for distillation.
+    ``generated``: that many blocks of ``seq_len`` tokens the model writes itself (from the start of a user turn
+    where the tokenizer has a chat template; :func:`generated_blocks`), kept for distillation.
     """
     from ..families import family_for
 
@@ -258,16 +247,15 @@ def calibrate(model, tokenizer=None, *, batch_size: int = 8, generated: int = 0,
     else:
         source = draw.get("dataset") or DEFAULT_DATASET
     info = {"num_samples": len(input_ids), "seq_len": int(input_ids.shape[1]), "seed": draw.get("seed", 0)}
-    generated_ids = generated_mask = None
-    if generated and tokenizer is None:
-        logger.warning("no tokenizer: the %d sequences the model would write itself are left out", generated)
+    generated_ids = None
+    if generated and (tokenizer is None or not can_write(tokenizer)):
+        logger.warning("the model cannot write text itself here (no tokenizer, or one with no chat template, BOS or "
+                       "EOS token): distillation reads the %d calibration blocks only", len(input_ids))  # fmt: skip
     elif generated:
         with eval_mode(model):
-            generated_ids, generated_mask = generated_blocks(
-                model, tokenizer, generated, int(input_ids.shape[1]), seed=draw.get("seed", 0)
-            )
+            generated_ids = generated_blocks(model, tokenizer, generated, int(input_ids.shape[1]), draw.get("seed", 0))
         info["generated"] = generated
-    return Calibration(moments, input_ids, source, info, generated_ids, generated_mask)
+    return Calibration(moments, input_ids, source, info, generated_ids)
 
 
 def calibration_for(recipe, model, tokenizer=None, blocks=None):

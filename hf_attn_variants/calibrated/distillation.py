@@ -18,14 +18,12 @@ from .calibration import eval_mode
 BATCH_SIZE = 4  # calibration blocks per step
 
 
-def distill_attention(
-    source, variant, family, input_ids: torch.Tensor, steps: int, lr: float, seed: int = 0, attention_mask=None
-) -> list:
+def distill_attention(source, variant, family, input_ids: torch.Tensor, steps: int, lr: float, seed: int = 0) -> list:
     """Train ``variant``'s attention weights for ``steps`` Adam steps towards ``source``'s next-token output.
 
     Each step reads ``BATCH_SIZE`` of ``input_ids``' blocks (shuffled by ``seed``, one pass after another),
     runs the source (no gradient) and the variant on them, and lowers the mean over tokens of
-    KL(source || variant) (over the tokens ``attention_mask``, right padding, marks; all by default). Only the variant's attention modules' parameters change; any of them that still
+    KL(source || variant). Only the variant's attention modules' parameters change; any of them that still
     shares memory with ``source`` is copied first, so the source is never modified.
 
     Returns:
@@ -49,15 +47,11 @@ def distill_attention(
                     order += torch.randperm(len(input_ids), generator=generator).tolist()
                 batch, order = order[:BATCH_SIZE], order[BATCH_SIZE:]
                 ids = input_ids[batch].to(device)
-                mask = None if attention_mask is None else attention_mask[batch].to(device)
-                width = int(mask.sum(-1).max()) if mask is not None else ids.shape[1]  # no all-padding columns
-                ids, mask = ids[:, :width], None if mask is None else mask[:, :width]
                 with torch.no_grad():
-                    out = source(input_ids=ids, attention_mask=mask, use_cache=False)
-                    target = F.log_softmax(out.logits.float(), dim=-1)
-                logits = variant(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-                kl = F.kl_div(F.log_softmax(logits, dim=-1), target, log_target=True, reduction="none").sum(-1)
-                loss = kl.mean() if mask is None else (kl * mask).sum() / mask.sum()
+                    target = F.log_softmax(source(input_ids=ids, use_cache=False).logits.float(), dim=-1)
+                logits = variant(input_ids=ids, use_cache=False).logits.float()
+                log_probs = F.log_softmax(logits, dim=-1).flatten(0, 1)
+                loss = F.kl_div(log_probs, target.flatten(0, 1), log_target=True, reduction="batchmean")
                 loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
