@@ -2,7 +2,7 @@
 
     python bench/recipes.py --json_out out/bench/recipes.json
     python bench/recipes.py --recipes mean fast best --other_text tinyshakespeare.txt
-    python bench/recipes.py --recipes "best distill_steps=120" --other_text tinyshakespeare.txt
+    python bench/recipes.py --recipes best --other_text tinyshakespeare.txt --more_distill_steps 60 --score_every 30
 
 A recipe is a method or preset name, then optional ``field=value`` options of ``hav.KVRecipe``. Each converts
 the model as ``hav.convert(model, "mqa", kv_init=..., tokenizer=tokenizer)`` does (calibration, where the
@@ -10,7 +10,10 @@ recipe needs it, on the default text less its last 10%), then is scored on 16 he
 that last 10% and, with ``--other_text``, on the first 4,096 tokens of a text of another domain that no recipe
 calibrates on; and on answers: the greedy answers to the shipped factual chat prompts
 (``hf_attn_variants/prompts/factual_chat.jsonl``) compared with the source's (``hf_attn_variants.answers``).
-Writes JSON and prints a Markdown table.
+``--more_distill_steps N``: after each conversion, N more distillation steps (``hav.distill_attention``, at the
+recipe's ``distill_lr``, on the blocks the recipe distilled on: its calibration blocks and those the source
+wrote), scored every ``--score_every`` steps: what uptraining by distillation from that start buys, and its
+cost. Writes JSON and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class Args:
     )
     variant: str = "mqa"
     other_text: str | None = field(default=None, metadata={"help": "a text file of another domain"})
+    more_distill_steps: int = field(default=0, metadata={"help": "distillation steps after each conversion"})
+    score_every: int = field(default=30, metadata={"help": "score every this many of --more_distill_steps"})
     json_out: str | None = None
 
 
@@ -90,22 +95,40 @@ def main() -> None:
     reference = results["source"]["answers"]
     for spec, options in recipes.items():
         start = time.perf_counter()
-        model = hav.convert(source, args.variant, tokenizer=tokenizer, **options).eval()
+        recipe = hav.KVRecipe(**options).resolve(can_calibrate=True)
+        calibration = (
+            hav.calibrate(source, tokenizer, **recipe.calibrate_kwargs()) if recipe.needs_calibration else None
+        )
+        model = hav.convert(source, args.variant, kv_init=recipe, calibration=calibration, tokenizer=tokenizer).eval()
         seconds = time.perf_counter() - start
         results["recipes"][spec] = {"seconds": seconds, "recipe": model.config.attn_variant_recipe,
-                                    **score(model, reference)}  # fmt: skip
+                                    **score(model, reference), "more_distill": []}  # fmt: skip
         print(spec, results["recipes"][spec], flush=True)
         write_json(args.json_out, results)  # each recipe as it is measured
+        done, start = 0, time.perf_counter()
+        while calibration is not None and done < args.more_distill_steps:
+            steps = min(args.score_every, args.more_distill_steps - done)
+            hav.distill_attention(source, model, hav.family_for(model.config), calibration.distillation_blocks(),
+                                  steps, recipe.distill_lr, seed=recipe.calibration_seed + done + 1)  # fmt: skip
+            done += steps
+            row = {"steps": done, "seconds": time.perf_counter() - start, **score(model.eval(), reference)}
+            results["recipes"][spec]["more_distill"].append(row)
+            print(spec, f"+{done} distillation steps", row, flush=True)
+            write_json(args.json_out, results)
     source_ppl, right = results["source"]["perplexity"], results["source"]["agreement"]["right"]
     print(f"source: {right}/{len(prompts)} answers right")
     columns = " | ".join(f"perplexity, {t}" for t in texts)
     print(f"| recipe | {columns} | right answers (of the source's {right}) | same first sentence | seconds |")
     print("|---" * (len(texts) + 4) + "|")
     for name, r in results["recipes"].items():
-        cells = [f"{r['perplexity'][t]:.4g} ({r['perplexity'][t] / source_ppl[t]:.3g}x)" for t in texts]
-        agree = r["agreement"]
-        print(f"| {name} | " + " | ".join(cells) + f" | {agree['right_as_source']} | {agree['same_first_sentence']} "
-              f"| {r['seconds']:.0f} |")  # fmt: skip
+        for label, row, seconds in [(name, r, r["seconds"])] + [
+            (f"{name}, then {m['steps']} more distillation steps", m, r["seconds"] + m["seconds"])
+            for m in r["more_distill"]
+        ]:
+            cells = [f"{row['perplexity'][t]:.4g} ({row['perplexity'][t] / source_ppl[t]:.3g}x)" for t in texts]
+            agree = row["agreement"]
+            print(f"| {label} | " + " | ".join(cells) + f" | {agree['right_as_source']} | "
+                  f"{agree['same_first_sentence']} | {seconds:.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

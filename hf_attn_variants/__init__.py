@@ -9,7 +9,7 @@ transformers' Auto classes, and the fast decode kernel ``attn_implementation="ha
 import transformers as _transformers
 
 from .auto import AttnVariantForCausalLM, AttnVariantModel, AutoModel, AutoModelForCausalLM
-from .calibrated import Calibration, calibrate
+from .calibrated import Calibration, calibrate, distill_attention
 from .configuration import AttnVariantConfig
 from .convert import convert, convert_state_dict
 from .decoding import FAST_DECODE_ATTENTION, enable_fast_decode
@@ -42,6 +42,7 @@ __all__ = [
     "AutoModelForCausalLM",
     "Calibration",
     "calibrate",
+    "distill_attention",
     "convert",
     "convert_state_dict",
     "enable_fast_decode",

@@ -164,6 +164,8 @@ def record_recipe(model, recipe: KVRecipe | None, calibration) -> None:
         if calibration is not None:
             entry["calibration_text"] = calibration.source
             entry["calibration_tokens"] = calibration.tokens
+            if recipe.distill_steps and calibration.generated_ids is not None:
+                entry["generated_tokens"] = int(calibration.generated_ids.numel())
     model.config.attn_variant_recipe = entry
 
 

@@ -143,6 +143,8 @@ def recipe_text(config, kv_init: str | None = None) -> str:
     text = recipe.label()
     if recorded.get("calibration_text"):
         text += f"; calibrated on {recorded['calibration_tokens']:,} tokens of {recorded['calibration_text']}"
+    if recorded.get("generated_tokens"):
+        text += f", distilled on them and {recorded['generated_tokens']:,} tokens the source wrote itself"
     return text
 
 

@@ -10,8 +10,10 @@ merges) or a preset:
 - ``auto`` (the default): ``best`` when calibration text and a tokenizer are at hand (the source's own
   tokenizer, or data the caller passes), otherwise ``mean``, with one logged line saying why;
 - ``fast``: ``svd`` on 32 calibration blocks, closed form (seconds);
-- ``best``: ``svd`` then 40 Adam steps per attention layer at lr 2e-4 towards the source attention's output,
-  on 16 calibration blocks (minutes; the best zero-step recipe measured, see docs/conversion.md).
+- ``best``: ``svd``, then 40 Adam steps per attention layer at lr 2e-4 towards the source attention's output
+  on 16 calibration blocks, then 30 Adam steps at lr 5e-4 on all attention weights towards the source's
+  next-token output (KL), on those blocks and 16 the source writes itself (minutes; the best zero-step
+  recipe measured, see docs/conversion.md).
 
 A preset fills the options left at their defaults; options given explicitly win (``kv_init="best",
 refine_steps=10``). Going from fewer to more K/V heads is always an exact duplication, whatever the recipe.
@@ -40,7 +42,15 @@ MERGE_OPTIONS = ("grouping", "fit", "sequential", "refine_steps", "distill_steps
 # what each named preset sets (the rest stays at the field defaults)
 PRESETS: dict[str, dict] = {
     "fast": {"kv_init": "svd", "calibration_samples": 32},
-    "best": {"kv_init": "svd", "refine_steps": 40, "refine_lr": 2e-4, "calibration_samples": 16},
+    "best": {
+        "kv_init": "svd",
+        "refine_steps": 40,
+        "refine_lr": 2e-4,
+        "distill_steps": 30,
+        "distill_lr": 5e-4,
+        "distill_generated": 16,
+        "calibration_samples": 16,
+    },
 }
 AUTO_CALIBRATED = "best"  # what ``auto`` becomes when it can calibrate
 

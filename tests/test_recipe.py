@@ -29,6 +29,9 @@ def test_presets_fill_the_options_left_at_their_defaults():
         16,
         "best",
     )
+    assert (best.distill_steps, best.distill_lr, best.distill_generated) == (30, 5e-4, 16)
+    assert best.calibrate_kwargs()["generated"] == 16
+    assert KVRecipe(kv_init="svd", distill_generated=16).calibrate_kwargs()["generated"] == 0  # nothing distils
     assert KVRecipe(kv_init="best", refine_steps=10).refine_steps == 10  # an explicit option wins
     fast = KVRecipe(kv_init="fast")
     assert (fast.kv_init, fast.refine_steps, fast.calibration_samples) == ("svd", 0, 32)
@@ -40,7 +43,10 @@ def test_auto_is_best_with_text_at_hand_and_mean_without(caplog):
     with caplog.at_level("WARNING"):
         calibrated = KVRecipe().resolve(can_calibrate=True)
     assert calibrated.options() == KVRecipe(kv_init="best").options() and calibrated.preset == "auto -> best"
-    assert "kv_init='auto': svd, refine_steps=40, refine_lr=0.0002, 16 x 256 calibration tokens" in caplog.text
+    assert (
+        "kv_init='auto': svd, refine_steps=40, refine_lr=0.0002, distill_steps=30, distill_lr=0.0005, "
+        "distill_generated=16, 16 x 256 calibration tokens (preset auto -> best)" in caplog.text
+    )
     with caplog.at_level("WARNING"):
         fallback = KVRecipe().resolve(can_calibrate=False)
     assert (fallback.kv_init, fallback.preset) == ("mean", "auto -> mean")
@@ -166,11 +172,17 @@ def test_cli_convert_default_recipe_calibrates_and_says_so(tmp_path):
         text=True,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "svd, refine_steps=40, refine_lr=0.0002, 16 x 256 calibration tokens (preset auto -> best)" in run.stdout
+    label = (
+        "svd, refine_steps=40, refine_lr=0.0002, distill_steps=30, distill_lr=0.0005, distill_generated=16, "
+        "16 x 256 calibration tokens (preset auto -> best)"
+    )
+    assert label in run.stdout and "tokens the source wrote itself" in run.stdout
     recorded = json.loads((tmp_path / "out" / "config.json").read_text())["attn_variant_recipe"]
     assert (recorded["kv_init"], recorded["preset"], recorded["calibration_tokens"]) == ("svd", "auto -> best", 4096)
+    assert recorded["generated_tokens"] == 4096  # 16 blocks of 256 tokens, written from its BOS token
     card = (tmp_path / "out" / "README.md").read_text()
     assert "preset auto -> best" in card and "calibrated on 4,096 tokens of" in card
+    assert "distilled on them and 4,096 tokens the source wrote itself" in card
 
 
 def test_cli_convert_without_a_tokenizer_streams_mean_pooling(tmp_path, capsys):
