@@ -149,7 +149,7 @@ class KVRecipe:
             given = {k: getattr(self, k) for k in MERGE_OPTIONS if getattr(self, k) != defaults[k].default}
             raise ValueError(
                 f"kv_init={self.kv_init!r} takes no merge options, got {given}; use kv_init mean, aligned or svd "
-                f"with {', '.join(MERGE_OPTIONS)}"
+                f"with {', '.join(MERGE_OPTIONS[:-1])} or {MERGE_OPTIONS[-1]}"
             )
 
     def _apply_preset(self, name: str) -> None:

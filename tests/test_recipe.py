@@ -73,12 +73,12 @@ def test_auto_is_best_with_text_at_hand_and_mean_without(caplog):
         (
             dict(kv_init="first", sequential=True),
             "kv_init='first' takes no merge options, got {'sequential': True}; use kv_init mean, aligned or svd with "
-            "grouping, fit, sequential or refine_steps",
+            "grouping, fit, sequential, refine_steps or distill_steps",
         ),
         (
             dict(kv_init="random", refine_steps=3),
             "kv_init='random' takes no merge options, got {'refine_steps': 3}; use kv_init mean, aligned or svd with "
-            "grouping, fit, sequential or refine_steps",
+            "grouping, fit, sequential, refine_steps or distill_steps",
         ),
     ],
 )
