@@ -96,3 +96,11 @@ def test_a_tokenizer_with_nowhere_to_start_writing_leaves_distillation_on_the_ca
     assert calibration.generated_ids is None and "distillation reads the 2 calibration blocks only" in caplog.text
     with pytest.raises(ValueError, match="starts from its chat template, BOS or EOS token; the tokenizer has none"):
         generated_blocks(model, tokenizer, 1, 16)
+
+
+@pytest.mark.parametrize("template", ["{{ messages[0]['content'] }}", "no messages here"])
+def test_a_chat_template_with_no_text_before_the_message_starts_from_the_bos_token(template):
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = template
+    blocks = generated_blocks(tiny_model("llama", vocab_size=len(tokenizer)).eval(), tokenizer, 2, 12, seed=0)
+    assert blocks.shape == (2, 12) and (blocks[:, 0] == tokenizer.bos_token_id).all()

@@ -20,35 +20,39 @@ SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 0}
 
 
 def can_write(tokenizer) -> bool:
-    """Whether :func:`generated_blocks` has somewhere to start: a chat template, a BOS or an EOS token."""
-    return bool(getattr(tokenizer, "chat_template", None) or tokenizer.bos_token or tokenizer.eos_token)
+    """Whether :func:`generated_blocks` has somewhere to start (see :func:`start_ids`)."""
+    return bool(start_ids(tokenizer))
 
 
-def start_text(tokenizer) -> str:
-    """Where the model starts writing: the chat template up to a user message's text, else the BOS (EOS) token.
+def start_ids(tokenizer) -> list[int]:
+    """Where the model starts writing: the chat template up to a user message's text, else its BOS (EOS) token.
 
-    Raises:
-        ValueError: a tokenizer with no chat template and neither a BOS nor an EOS token.
+    Empty where there is neither (a template that starts with the message's text, or leaves it out, falls back to
+    the tokens).
     """
     if getattr(tokenizer, "chat_template", None):
         template = tokenizer.apply_chat_template([{"role": "user", "content": MARK}], tokenize=False)
-        return template[: template.index(MARK)]
-    if not can_write(tokenizer):
-        raise ValueError("text the model writes itself starts from its chat template, BOS or EOS token; the "
-                         "tokenizer has none of them")  # fmt: skip
-    return tokenizer.bos_token or tokenizer.eos_token
+        ids = tokenizer(template.partition(MARK)[0], add_special_tokens=False)["input_ids"] if MARK in template else []
+        if ids:
+            return ids
+    token = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [] if token is None else [token]
 
 
 def generated_blocks(model, tokenizer, num_samples: int, seq_len: int, seed: int = 0, batch_size: int = 16):
-    """``(num_samples, seq_len)`` token blocks the model wrote from :func:`start_text`, ``batch_size`` at a time.
+    """``(num_samples, seq_len)`` token blocks the model wrote from :func:`start_ids`, ``batch_size`` at a time.
 
     Every block is full: the start, then ``seq_len`` minus its length sampled tokens (ends of turn do not stop
     it). The caller's random state is left as it was.
 
     Raises:
-        ValueError: nowhere to start (see :func:`start_text`), or a start as long as ``seq_len``.
+        ValueError: nowhere to start (see :func:`start_ids`), or a start as long as ``seq_len``.
     """
-    start = tokenizer(start_text(tokenizer), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = start_ids(tokenizer)
+    if not ids:
+        raise ValueError("text the model writes itself starts from its chat template, BOS or EOS token; the "
+                         "tokenizer has none of them")  # fmt: skip
+    start = torch.tensor([ids])
     new = seq_len - start.shape[1]
     if new < 1:
         raise ValueError(f"seq_len={seq_len} leaves no room after the {start.shape[1]} tokens the model starts from")
