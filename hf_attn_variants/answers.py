@@ -36,20 +36,21 @@ def factual_prompts() -> list[Prompt]:
 
 def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 24, batch_size: int = 8) -> list[str]:
     """``model``'s greedy answers to ``prompts``, left-padded batches, special tokens dropped."""
-    if getattr(tokenizer, "chat_template", None):
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    if chat:  # the template writes the special tokens itself
         texts = [
             tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
             for p in prompts
         ]
     else:
         texts = list(prompts)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     answers = []
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(model.device)  # fmt: skip
+                              add_special_tokens=not chat).to(model.device)  # fmt: skip
             with torch.inference_mode():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
             new = out[:, batch["input_ids"].shape[1] :]
@@ -57,6 +58,11 @@ def greedy_answers(model, tokenizer, prompts: list[str], max_new_tokens: int = 2
     finally:
         tokenizer.padding_side = side
     return answers
+
+
+def pad_token_id(tokenizer) -> int | None:
+    """The id ``generate`` pads with: the tokenizer's pad token, else its EOS token."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
 def first_sentence(answer: str) -> str:

@@ -88,7 +88,7 @@ class KVRecipe:
     distill_lr: float = field(default=1e-4, metadata={"help": "learning rate of distill_steps"})
     distill_generated: int = field(
         default=0,
-        metadata={"help": "sequences the source writes itself (chat turns where it has a chat template), "
+        metadata={"help": "blocks the source writes itself (from the start of a user turn of its chat template), "
                   "distilled on with the calibration blocks"},
     )  # fmt: skip
     calibration_samples: int = field(default=128, metadata={"help": "calibration blocks"})

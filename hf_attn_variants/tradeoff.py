@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import timing
+from .answers import greedy_answers
 from .calibrated import calibration_for
 from .convert import convert
 from .data import DEFAULT_DATASET
@@ -214,22 +215,7 @@ def uptrain(model, source, tokenizer, train_blocks, eval_blocks, cfg: TradeoffCo
 
 def greedy_answer(model, tokenizer, prompt: str, max_new_tokens: int = 16) -> str:
     """The model's greedy answer to ``prompt``: a chat turn where the tokenizer has a chat template."""
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    ids = ids.to(model.device)
-    with torch.inference_mode():
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    return greedy_answers(model, tokenizer, [prompt], max_new_tokens)[0]
 
 
 def quality(model, tokenizer, texts: list[str], cfg: TradeoffConfig) -> dict:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..answers import pad_token_id
+
 MARK = "\x00MARK\x00"
 SAMPLING = {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": 0}
 
@@ -56,7 +58,7 @@ def generated_blocks(model, tokenizer, num_samples: int, seq_len: int, seed: int
     new = seq_len - start.shape[1]
     if new < 1:
         raise ValueError(f"seq_len={seq_len} leaves no room after the {start.shape[1]} tokens the model starts from")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     rows = []
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         torch.manual_seed(seed)
