@@ -1,17 +1,21 @@
 # make main   - set up, then the trade-off table (latency, memory, quality of MHA/GQA/MQA) on SmolLM2-135M-Instruct:
 #               the GQA paper's mean pooling and the default recipe at zero steps, then 30 steps of distillation
 # make test   - set up, then run the whole test suite (unit + real-model tests)
+# make test-oldest - the second job: the fast tests on the oldest supported transformers (5.19), in .venv-oldest
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+# empty: the newest transformers setup.cfg allows; set (test-oldest) to install that version instead
+TRANSFORMERS ?=
+OLDEST_TRANSFORMERS = 5.19.0
 
-.PHONY: setup main test lint format bench quality
+.PHONY: setup main test test-oldest lint format bench quality
 
 $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev]" $(if $(TRANSFORMERS),transformers==$(TRANSFORMERS))
 	touch $@
 
 setup: $(BIN)/hf-attn-variants
@@ -21,6 +25,12 @@ main: setup
 
 test: setup
 	$(BIN)/python -m pytest -ra
+
+# not in .ci/run (it would double CI's time): run it by hand or as a second CI job; see docs/serving.md
+test-oldest:
+	$(MAKE) setup VENV=.venv-oldest TRANSFORMERS=$(OLDEST_TRANSFORMERS)
+	.venv-oldest/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
+	.venv-oldest/bin/python -m pytest -m "not slow" -ra
 
 bench: setup
 	$(BIN)/python bench/decode.py --json_out out/bench/decode.json

@@ -182,12 +182,26 @@ def _convert_pooled(model, family, config, dst: int, recipe: KVRecipe):
     for name, buffer in list(new.named_buffers()):  # non-persistent buffers (rotary frequencies) are not in `state`
         if buffer.is_meta:
             owner, _, leaf = name.rpartition(".")
-            new.get_submodule(owner).register_buffer(leaf, model.get_buffer(name), persistent=False)
+            module = new.get_submodule(owner)
+            if _has_buffer(model, name):
+                module.register_buffer(leaf, model.get_buffer(name), persistent=False)
+            else:  # the source's variant attention has none (GPT-J's position table before transformers 5.24)
+                device = next(model.parameters()).device
+                module.register_buffer(leaf, torch.empty_like(buffer, device=device), persistent=False)
+                new._init_weights(module)  # fills it as the target class's own initialisation does
     new.tie_weights()
     if getattr(model, "generation_config", None) is not None:  # base models have none
         new.generation_config = copy.deepcopy(model.generation_config)
     new.train(model.training)
     return new
+
+
+def _has_buffer(model, name: str) -> bool:
+    owner, _, leaf = name.rpartition(".")
+    try:
+        return leaf in model.get_submodule(owner)._buffers
+    except AttributeError:
+        return False
 
 
 def check_merge_options(family, recipe: KVRecipe) -> None:

@@ -53,7 +53,8 @@ def grouped_eager_attention(
         raise ValueError("grouped_eager_attention: upcast with a score_bias is not implemented")
     if upcast:
         with torch.autocast(query.device.type, enabled=False):
-            scores = torch.matmul(stacked.float(), key.float().transpose(-1, -2)) * scaling
+            scores = torch.matmul(stacked.float(), key.float().transpose(-1, -2))
+            scores = scores / math.sqrt(head_dim) if divide_scores else scores * scaling
     elif score_bias is not None:
         kv_len = key.shape[-2]
         bias = score_bias[..., :kv_len].reshape(batch, num_kv, group, 1, kv_len)  # one row per query head
@@ -262,6 +263,8 @@ class VariantAttention(nn.Module):
         q = q.transpose(1, 2)  # (batch, heads, seq, head_dim)
         k = k.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
         v = v.transpose(1, 2)  # (batch, kv_heads, seq, head_dim)
+        if position_embeddings is None and self.family.rotary_style:  # GPT-J's layers before transformers 5.24
+            position_embeddings = self.family.position_embeddings(self, kwargs["position_ids"], q.dtype)
         q, k = parts.positions(q, k, position_embeddings)
 
         if cache is not None:

@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .compat import cache_kwargs
+
 
 def interleaved(
     candidates: dict[str, Callable[[], object]], rounds: int = 15, warmup: int = 2, desc: str = "timing"
@@ -113,20 +115,30 @@ def decode_step(
         kv = DynamicCache(config=model.config)
     token = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
     with torch.inference_mode():
-        model(input_ids=token, cache=kv, use_cache=True)  # allocates the layers' tensors
+        model(input_ids=token, **cache_kwargs(kv), use_cache=True)  # allocates the layers' tensors
         for layer in kv.layers:
             _as_if_prefilled(layer, context)
     nbytes = sum(_bytes_read(layer, context) for layer in kv.layers)
 
     def step():
         with torch.inference_mode():
-            model(input_ids=token, cache=kv, use_cache=True)
+            model(input_ids=token, **cache_kwargs(kv), use_cache=True)
         for layer in kv.layers:  # back to `context` tokens; a full sliding window stays full (it rolls)
             if not layer.is_sliding or layer.get_seq_length() <= _window(layer):
-                layer.crop(-1)
+                _drop_last(layer)
         synchronize(token.device)
 
     return step, nbytes
+
+
+def _drop_last(layer) -> None:
+    """Forget the position a step appended: ``crop(-1)``, or the static layer's lengths before transformers 5.24."""
+    if hasattr(layer, "crop"):
+        layer.crop(-1)
+        return
+    layer.cumulative_length.sub_(1)
+    if hasattr(layer, "cumulative_length_int"):
+        layer.cumulative_length_int -= 1
 
 
 def _window(layer) -> int:

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from . import timing
 from .answers import greedy_answers
 from .calibrated import calibration_for
+from .compat import output_cache
 from .convert import convert
 from .data import DEFAULT_DATASET
 from .families import family_for
@@ -249,7 +250,7 @@ def memory(model, cfg: TradeoffConfig) -> dict:
                             cfg.memory_context, 1, cache_dtype)  # fmt: skip
     ids = torch.zeros(1, 8, dtype=torch.long, device=model.device)
     with torch.inference_mode():
-        cache = model(input_ids=ids, use_cache=True).cache
+        cache = output_cache(model(input_ids=ids, use_cache=True))
     measured = cache_nbytes(cache) // ids.shape[1]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     return {

@@ -19,6 +19,7 @@ import transformers
 from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
+from hf_attn_variants.compat import output_cache
 from hf_attn_variants.default_model import default_model
 from hf_attn_variants.io import write_json
 from hf_attn_variants.kv_cache import cache_nbytes
@@ -75,7 +76,7 @@ def main():
                 "num_key_value_heads": model.config.num_key_value_heads,
                 "max_abs_logit_diff": (out.logits - reference).abs().max().item(),
                 "perplexity": perplexity(model, ids, args.chunk),
-                "kv_bytes_per_token": cache_nbytes(out.cache) // args.chunk,
+                "kv_bytes_per_token": cache_nbytes(output_cache(out)) // args.chunk,
                 "answer": tokenizer.decode(generated[0, question["input_ids"].shape[1] :], skip_special_tokens=True),
             }
         )

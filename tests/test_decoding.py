@@ -10,6 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import hf_attn_variants as hav
 from hf_attn_variants import decoding, timing
+from hf_attn_variants.compat import cache_kwargs
 
 from .conftest import FAMILIES, NO_SDPA, VOCAB, tiny_model
 
@@ -114,7 +115,9 @@ def test_fast_decode_on_a_converted_mqa_model_keeps_one_kv_head_and_beam_search_
     cache = transformers.StaticCache(config=model.config, max_cache_len=16)
     got = model.generate(ids, max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0)
     assert torch.equal(got, expected)
-    model.generate(ids, max_new_tokens=2, do_sample=False, pad_token_id=0, cache=cache, cache_implementation=None)
+    model.generate(
+        ids, max_new_tokens=2, do_sample=False, pad_token_id=0, **cache_kwargs(cache), cache_implementation=None
+    )
     assert {layer.keys.shape[1] for layer in cache.layers} == {1}
 
 

@@ -11,6 +11,7 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
+from hf_attn_variants.compat import output_cache
 from hf_attn_variants.families.registry import variant_model_classes
 
 from .conftest import (
@@ -200,16 +201,21 @@ def test_variant_really_holds_g_kv_heads_and_its_cache_matches_the_plan(family, 
     assert qkv_rows == 2 * (HEADS + 2 * kv) * head_dim  # 2 layers x (q, k, v)
     with torch.no_grad():
         out = model(input_ids, use_cache=True)
-    assert kv_heads_in_cache(out.cache) == {kv}
+    assert kv_heads_in_cache(output_cache(out)) == {kv}
     plan = hav.kv_cache_plan(model.config, [(variant, count)], seq_len=input_ids.shape[1], batch=input_ids.shape[0])
-    assert cache_bytes(out.cache) == plan[0]["total_bytes"]
+    assert cache_bytes(output_cache(out)) == plan[0]["total_bytes"]
 
 
 @pytest.mark.parametrize("cache_implementation", ["dynamic", "static"])
 @pytest.mark.parametrize("family, attn", family_attn())
 def test_greedy_generation_with_cache_equals_without(family, attn, cache_implementation, input_ids):
-    model = hav.convert(tiny_model(family, attn), "gqa", 2)
     kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    try:
+        tiny_model(family, attn).generate(input_ids, cache_implementation=cache_implementation, **kwargs)
+    except Exception as error:  # noqa: BLE001 - what the family's own model does is what a variant can match
+        pytest.skip(f"transformers {transformers.__version__}'s own {family} fails with a {cache_implementation} "
+                    f"cache: {error}")  # fmt: skip
+    model = hav.convert(tiny_model(family, attn), "gqa", 2)
     with_cache = model.generate(input_ids, use_cache=True, cache_implementation=cache_implementation, **kwargs)
     without = model.generate(input_ids, use_cache=False, **kwargs)
     assert torch.equal(with_cache, without)
@@ -353,4 +359,4 @@ def test_plan_counts_what_a_sliding_window_cache_holds(window, input_ids):
     with torch.no_grad():
         out = model(input_ids, use_cache=True)
     plan = hav.kv_cache_plan(model.config, [("mqa", None)], seq_len=input_ids.shape[1], batch=input_ids.shape[0])
-    assert cache_bytes(out.cache) == plan[0]["total_bytes"]
+    assert cache_bytes(output_cache(out)) == plan[0]["total_bytes"]

@@ -7,6 +7,7 @@ import torch
 import transformers
 
 import hf_attn_variants as hav
+from hf_attn_variants.compat import output_cache
 from hf_attn_variants.default_model import default_model
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def test_mqa_runs_saves_and_reloads(smollm2, prose_ids, tmp_path):
     with torch.no_grad():
         out = mqa(prose_ids, use_cache=True)
     assert torch.isfinite(out.logits).all()
-    assert {layer.keys.shape[1] for layer in out.cache.layers} == {1}
+    assert {layer.keys.shape[1] for layer in output_cache(out).layers} == {1}
     assert isinstance(answer(mqa, tokenizer), str)
     mqa.save_pretrained(tmp_path)
     assert "quantization_config" not in (tmp_path / "config.json").read_text()

@@ -10,6 +10,7 @@ must give the saved model's logits and be causal: changing the last token change
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
@@ -68,6 +69,21 @@ def _logits(model, ids):
         return model(input_ids=ids).logits
 
 
+@functools.cache
+def own_kernel_gap(family: str, with_lora: bool) -> float:
+    """How far plain transformers' sdpa logits are from its eager ones on the family's tiny model (LoRA as above)."""
+    from peft import get_peft_model
+
+    ids = torch.randint(3, 90, (2, 9), generator=torch.Generator().manual_seed(1))
+    model = tiny_model(family)
+    if with_lora:
+        torch.manual_seed(0)
+        model = get_peft_model(model, hav.lora_config(model, init_lora_weights=False))
+    eager = _logits(model.eval(), ids)
+    model.set_attn_implementation("sdpa")
+    return (_logits(model, ids) - eager).abs().max().item()
+
+
 @pytest.fixture(scope="module")
 def reloads(tmp_path_factory):
     """What the fresh process found for every family x variant x loader."""
@@ -104,8 +120,10 @@ def test_saved_variant_reloads_with_default_arguments(reloads, family, variant, 
     found = reloads[f"{family}/{variant}/{loader}"]
     # transformers resolves the unset kernel of a config read from disk (sdpa where the family has it)
     assert found["attn_implementation"] in ("sdpa", "eager"), found
-    # the saved model ran eager attention; sdpa agrees within float rounding
-    assert found["max_diff"] < 1e-5, found
+    # the saved model ran eager attention; sdpa agrees within float rounding: transformers' own, where its sdpa
+    # kernel rounds further from its eager one than that (Gemma-2's soft-capped scores in transformers 5.19)
+    bound = 1e-5 if found["attn_implementation"] == "eager" else max(1e-5, 2 * own_kernel_gap(family, loader == "peft"))
+    assert found["max_diff"] < bound, found
     assert found["causal_leak"] < 1e-6, found
 
 

@@ -1,6 +1,8 @@
 """Family adapters and their registry. Importing this package registers the built-in families: the hand-written
 ones, then those derived from transformers (``derived.py``), and records the refused model types' reasons."""
 
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
 from .base import FamilyAdapter, FamilyDocs, MixedFamily, NativeFamily, NativeFusedFamily, PluginFamily
 from .bloom import BLOOM
 from .falcon import FALCON
@@ -35,9 +37,10 @@ for _family in HAND_WRITTEN:
 
 from .derived import DERIVED_FAMILIES, REFUSED  # noqa: E402 - generated; it imports .generic, which needs .base
 
-for _family in DERIVED_FAMILIES:
-    register_family(_family)
-refuse_model_types(REFUSED)
+for _family in DERIVED_FAMILIES:  # an older transformers lacks some of the types derived from the newest supported
+    if all(t in CONFIG_MAPPING for t in _family.model_types):
+        register_family(_family)
+refuse_model_types({t: why for t, why in REFUSED.items() if t in CONFIG_MAPPING})
 
 __all__ = [
     "FamilyAdapter",

@@ -605,6 +605,11 @@ class PluginFamily(FamilyAdapter):
         """``(cos, sin)``, each ``(batch, seq, rotary_dims)``, from the ``position_embeddings`` the layer passes."""
         return position_embeddings
 
+    def position_embeddings(self, module, position_ids, dtype):
+        """The ``position_embeddings`` of ``position_ids`` for ``module`` (the attention), for a transformers whose
+        layers pass only the ids."""
+        raise ValueError(f"{self.name}'s layers passed no position_embeddings to the attention")
+
     @property
     def variant_model_type(self) -> str:
         return f"attn_variant_{self.model_types[0]}"

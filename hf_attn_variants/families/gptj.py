@@ -1,8 +1,11 @@
 """GPT-J: separate q/k/v/out projections without biases, partial rotary on interleaved pairs (rotate_every_two)."""
 
+import functools
+
 from transformers.models.gptj import modeling_gptj
 from transformers.models.gptj.configuration_gptj import GPTJConfig
 
+from ..compat import GPTJ_ATTENTION_MAKES_POSITIONS
 from .base import PluginFamily, head_dim_scaling
 
 
@@ -25,6 +28,17 @@ class GPTJFamily(PluginFamily):
         sin, cos = position_embeddings  # GPT-J passes (sin, cos), one value per pair of rotated dims
         return cos.repeat_interleave(2, dim=-1), sin.repeat_interleave(2, dim=-1)
 
+    def position_embeddings(self, module, position_ids, dtype):
+        """``(sin, cos)`` as transformers before 5.24 made them in each GPT-J attention, from the same table."""
+        table = sinusoidal_positions(module.config.max_position_embeddings, module.config.rotary_dim)
+        sincos = table.to(position_ids.device)[position_ids].to(dtype)
+        return sincos.chunk(2, dim=-1)
+
+
+@functools.cache
+def sinusoidal_positions(positions: int, dim: int):
+    return modeling_gptj.create_sinusoidal_positions(positions, dim)
+
 
 GPTJ = GPTJFamily(
     "gptj",
@@ -38,6 +52,7 @@ GPTJ = GPTJFamily(
     dropout_config="attn_pdrop",
     rotary_style="interleaved",
     attention_scaling=head_dim_scaling,
+    divide_scores=GPTJ_ATTENTION_MAKES_POSITIONS,  # transformers before 5.24: its own eager divides the scores
     attention_class=modeling_gptj.GPTJAttention,
     model_classes=(
         modeling_gptj.GPTJModel,
