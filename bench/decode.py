@@ -2,6 +2,7 @@
 
     python bench/decode.py --json_out out/bench/decode.json
     python bench/decode.py --batches 8 --contexts 8192 --rounds 15
+    python bench/decode.py --batches 1 8 --contexts 2048 --engines ctranslate2
     python bench/decode.py --device cuda --dtype bfloat16 --batches 1 8 32 --contexts 2048 8192 16384
 
 The reference shape of docs/fast-decoding.md (fp32 Llama: hidden 1024, 16 heads of 64, 4 layers,
@@ -11,7 +12,10 @@ decode paths:
 - ``native, DynamicCache``: transformers' sdpa with ``generate()``'s default cache (concatenates every step);
 - ``native, StaticCache``: transformers' sdpa with ``cache_implementation="static"``;
 - ``plugin``: ``hav.enable_fast_decode`` (``attn_implementation="hav_sdpa"`` with the StaticCache): query
-  heads stacked per K/V head, and only the cached positions read.
+  heads stacked per K/V head, and only the cached positions read;
+- with ``--engines ctranslate2``, also each variant served by CTranslate2 (exported by the package's converter;
+  its step timed inside a generation after a cached prompt of the context's length: ``hf_attn_variants.engines``),
+  the baseline a CPU user runs in production.
 
 Both static caches hold ``--spare`` slots after the current token, as a cache that ``generate()`` sized to
 the prompt plus ``max_new_tokens`` does mid-generation. For each (batch, context) all nine run interleaved
@@ -38,7 +42,9 @@ from __future__ import annotations
 
 import copy
 import statistics
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import transformers
@@ -46,6 +52,7 @@ from transformers import HfArgumentParser
 
 import hf_attn_variants as hav
 from hf_attn_variants import timing
+from hf_attn_variants.engines import check_engine, engine_timer
 from hf_attn_variants.io import write_json
 
 PATHS = {  # label: (attn_implementation, cache)
@@ -66,6 +73,9 @@ class Args:
     device: str = field(default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu | cuda"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16"})
     threads: int | None = None
+    engines: list[str] = field(
+        default_factory=list, metadata={"help": "also time each variant served by these engines (ctranslate2)"}
+    )
     profile: bool = field(
         default=True, metadata={"help": "break each step's time down at the last grid point (CPU only)"}
     )
@@ -122,6 +132,11 @@ def main():
         torch.set_num_threads(args.threads)
     if args.dtype not in ("float32", "bfloat16", "float16"):
         raise SystemExit(f"dtype {args.dtype!r} is not one of ['float32', 'bfloat16', 'float16']")
+    for engine in args.engines:
+        try:
+            check_engine(engine)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
     mha = reference_model(getattr(torch, args.dtype), args.device)
     variants = {
         hav.variant_label(16, g): mha if g == 16 else hav.convert(mha, None, g, kv_init="mean") for g in args.kv_heads
@@ -131,6 +146,12 @@ def main():
         for path in args.paths:
             models[label, path] = copy.deepcopy(model)
             models[label, path].set_attn_implementation(PATHS[path][0])
+    scratch = tempfile.TemporaryDirectory()  # the engines' models, loaded into memory
+    timers = {  # (variant, engine) -> the variant served by the engine
+        (label, engine): engine_timer(engine, model, None, Path(scratch.name) / f"{engine}-{i}")
+        for i, (label, model) in enumerate(variants.items())
+        for engine in args.engines
+    }
     embedding = mha.get_input_embeddings()
     weights = sum(p.numel() for p in mha.parameters() if p is not embedding.weight)  # elements
     weight_bytes = weights * embedding.weight.element_size()
@@ -150,13 +171,16 @@ def main():
                 steps[label, path], cache_bytes[label, path] = timing.decode_step(
                     model, batch, context, cache=PATHS[path][1], spare=args.spare
                 )
+            for (label, engine), timer in timers.items():  # timed inside a generation, after a cached prompt
+                steps[label, engine] = timing.SelfTimed(timer.decode(batch, context))
+                cache_bytes[label, engine] = timer.kv_bytes_per_token * batch * (context + 1)
             named = {f"{label} | {path}": step for (label, path), step in steps.items()}
             times = timing.interleaved({**named, **probes}, args.rounds, desc=f"batch {batch} x {context}")
             reads, matmuls = times.pop("read 1 GiB"), times.pop("matmul 1024^3")
             bandwidth, flops_per_s = probe.nbytes / statistics.median(reads), 2 * 1024**3 / statistics.median(matmuls)
             base = next(iter(variants))
             flops = step_flops(mha.config, weights, batch, context + 1)  # the same for every variant
-            for path in args.paths:
+            for path in args.paths + args.engines:
                 ratio = timing.ratios({label: times[f"{label} | {path}"] for label in variants}, base)
                 for label in variants:
                     steps_of = times[f"{label} | {path}"]
@@ -190,9 +214,12 @@ def main():
             last = (batch, context) == (args.batches[-1], args.contexts[-1])
             if args.profile and last and args.device == "cpu":
                 for (label, path), step in steps.items():
+                    if path in args.engines:
+                        continue  # the profiler sees only torch's side
                     row = next(r for r in rows[-len(steps) :] if (r["variant"], r["path"]) == (label, path))
                     row["profile_seconds"] = breakdown(step)
             del steps, named
+    scratch.cleanup()
     print(markdown(rows, args))
     write_json(args.json_out, {"args": asdict(args), "rows": rows})
 

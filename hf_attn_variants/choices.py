@@ -8,3 +8,4 @@ ATTN_VARIANTS = ("mha", "gqa", "mqa")
 KV_INIT_METHODS = ("mean", "first", "random", "aligned", "svd")  # the last two: hf_attn_variants.merging
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # of saved weights; auto: the source's own
 CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")  # of the KV cache
+ENGINES = ("ctranslate2",)  # inference engines a variant is exported to and timed in (hf_attn_variants.engines)

@@ -255,12 +255,28 @@ SERVED = {  # the plugin configs served here
 }  # fmt: skip
 
 
+class _SpecKeeper(TransformersConverter):
+    """CTranslate2's own converter, keeping the spec it built: what the engine is given (K/V heads, layers)."""
+
+    spec = None
+
+    def _load(self):
+        self.spec = super()._load()
+        return self.spec
+
+
 def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, overwrite: bool = False) -> str:
     """Convert the saved variant (or any model CTranslate2 knows) in ``src`` to a CTranslate2 model in ``out``.
 
     ``out`` is written atomically (a temporary folder renamed at the end) and refused if it exists, unless
     ``overwrite``. Returns ``out``.
     """
+    converted_spec(src, out, quantization, overwrite)
+    return str(out)
+
+
+def converted_spec(src: str, out: str, quantization: str | None = None, overwrite: bool = False):
+    """:func:`convert_to_ctranslate2`, returning the model spec CTranslate2 was given."""
     config = transformers.AutoConfig.from_pretrained(src)
     name = type(config).__name__
     if name.endswith("AttnVariantConfig") and name not in SERVED:
@@ -269,6 +285,7 @@ def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, 
             "(and every native family CTranslate2 knows)"
         )
     out = check_output_dir(src, out, overwrite)
+    converter = _SpecKeeper(str(src))
     with atomic_output_dir(out) as tmp:
-        TransformersConverter(str(src)).convert(str(tmp), quantization=quantization, force=True)
-    return str(out)
+        converter.convert(str(tmp), quantization=quantization, force=True)
+    return converter.spec

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .choices import CACHE_DTYPES, DTYPES
+from .choices import CACHE_DTYPES, DTYPES, ENGINES
 from .recipe import KVRecipe
 
 
@@ -100,6 +100,8 @@ class TradeoffConfig:
     prefill_tokens: int = option(256, help="prefill latency: prompt tokens")
     memory_context: int = option(8192, help="context of the KV-memory column")
     rounds: int = option(15, help="interleaved timing rounds")
+    engine: str | None = option(help="also time prefill and decode in this inference engine (each variant exported "
+                                "to it), next to transformers'", choices=ENGINES)  # fmt: skip
     lm_eval_tasks: list[str] = option([], help="lm-evaluation-harness tasks", metavar="TASK")
     lm_eval_limit: int | None = option(help="examples per lm-eval task")
     save_checkpoints: bool = option(False, help="save every variant's weights too")

@@ -28,6 +28,7 @@ from .calibrated import calibration_for
 from .compat import output_cache
 from .convert import convert
 from .data import DEFAULT_DATASET
+from .engines import DECODE_STEPS
 from .families import family_for
 from .io import atomic_output_dir, check_output_dir
 from .kv_cache import cache_nbytes, format_bytes, kv_cache_plan
@@ -73,6 +74,10 @@ def check_config(cfg: TradeoffConfig) -> None:
         raise ValueError(f"uptrain_steps {cfg.uptrain_steps} must be 0 or more")
     if cfg.variants is not None:
         parse_variant_list(cfg.variants)
+    if cfg.engine is not None:
+        from .engines import check_engine
+
+        check_engine(cfg.engine)
 
 
 def run_tradeoff(cfg: TradeoffConfig) -> dict:
@@ -146,6 +151,8 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
             rows.append(row)
             models[label] = model
         latency(models, rows, cfg)
+        if cfg.engine:
+            engine_latency(models, tokenizer, rows, cfg, tmp / "engine")
         summary = {
             "source": source_display,
             "family": family.name,
@@ -163,6 +170,7 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
         plot(summary, tmp / "tradeoff.png")
         write_cards(models, summary, tokenizer, tmp, cfg)
         shutil.rmtree(tmp / "train", ignore_errors=True)  # the Trainer's scratch folder
+        shutil.rmtree(tmp / "engine", ignore_errors=True)  # the engine's models
     return summary
 
 
@@ -290,6 +298,29 @@ def latency(models: dict, rows: list[dict], cfg: TradeoffConfig) -> None:
     del steps  # frees the caches
 
 
+def engine_latency(models: dict, tokenizer, rows: list[dict], cfg: TradeoffConfig, folder: Path) -> None:
+    """The same prefill and decode-step ratios with every variant served by ``cfg.engine`` (added to ``rows``)."""
+    from .engines import engine_timer
+
+    timers = {label: engine_timer(cfg.engine, model, tokenizer, folder / f"{i}")
+              for i, (label, model) in enumerate(models.items())}  # fmt: skip
+    prefills = {label: timer.prefill(1, cfg.prefill_tokens) for label, timer in timers.items()}
+    prefill_times = timing.interleaved(prefills, cfg.rounds, desc=f"{cfg.engine} prefill")
+    steps = {label: timing.SelfTimed(timer.decode(cfg.batch, cfg.context)) for label, timer in timers.items()}
+    decode_times = timing.interleaved(steps, cfg.rounds, desc=f"{cfg.engine} decode")
+    baseline = rows[0]["variant"]
+    prefill_ratio, decode_ratio = timing.ratios(prefill_times, baseline), timing.ratios(decode_times, baseline)
+    for row in rows:
+        label = row["variant"]
+        row["engine"] = {
+            **timers[label].record(),
+            "prefill_seconds": timing.summarize(prefill_times[label]),
+            "prefill_ratio": prefill_ratio[label],
+            "decode_seconds": timing.summarize(decode_times[label]),
+            "decode_ratio": decode_ratio[label],
+        }
+
+
 def _arrow(value: float, baseline: float, lower_is_better: bool, tolerance: float = 0.02) -> str:
     if abs(value - baseline) <= tolerance * abs(baseline):
         return "="
@@ -335,6 +366,12 @@ def markdown_table(summary: dict) -> str:
     mha = rows[0]
     cfg = summary["config"]
     steps = cfg["uptrain_steps"]
+    engine = cfg.get("engine")
+    engine_headers = (
+        f"{engine}: decode step (batch {cfg['batch']}, context {cfg['context']}) | {engine}: prefill | "
+        if engine
+        else ""
+    )
     uptrain = f"{steps} steps ({'distillation from the source + LM loss' if cfg['distill'] else 'LM loss'})"
     stages = [("mean", "mean pooling (the GQA paper), 0 steps"), ("recipe", "the recipe, 0 steps")]
     quality_headers = [f"Quality: {title}" for _, title in stages] + (
@@ -346,11 +383,12 @@ def markdown_table(summary: dict) -> str:
         f"{summary['dataset']}; recipe: {_recipe_used(rows)}; uptraining: {uptrain if steps else 'none'}.",
         "",
         f"| Variant | Latency (decode step, batch {cfg['batch']}, context {cfg['context']}) | Prefill "
-        f"({cfg['prefill_tokens']} tokens) | Memory (KV cache of one sequence at {cfg['memory_context']} tokens; "
+        f"({cfg['prefill_tokens']} tokens) | {engine_headers}Memory (KV cache of one sequence at "
+        f"{cfg['memory_context']} tokens; "
         f"weights; measured peak of a decode step at batch {cfg['batch']}, context {cfg['context']}) | "
         + " | ".join(quality_headers)
         + " |",
-        "|---|---|---|---" + "|---" * len(quality_headers) + "|",
+        "|---|---|---|---" + "|---|---" * bool(engine) + "|---" * len(quality_headers) + "|",
     ]
     for r in rows:
         d, p = r["decode_ratio"], r["prefill_ratio"]
@@ -361,7 +399,8 @@ def markdown_table(summary: dict) -> str:
             f"| {r['variant']}{' (source)' if r['source'] else ''} "
             f"| {_ratio_arrow(d)} {d['median']:.2f}x MHA [{d['q1']:.2f}-{d['q3']:.2f}] "
             f"| {_ratio_arrow(p)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
-            f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
+            + (_engine_cells(r["engine"]) if engine else "")
+            + f"| {_arrow(r['kv_bytes_at_context'], mha['kv_bytes_at_context'], True)} "
             f"{format_bytes(r['kv_bytes_at_context'])} ({r['kv_fraction_of_mha']:.0%} of MHA); "
             f"weights {format_bytes(r['weights_bytes'])}; decode peak {_peak(r['decode_peak_bytes'])} "
             "| " + " | ".join(cells) + " |"
@@ -375,7 +414,9 @@ def markdown_table(summary: dict) -> str:
         )
         lines.append(f"| {r['variant']} | " + " | ".join(_answer_cell(a) for a in answers) + " |")
     noisy = [
-        r["variant"] for r in rows[1:] if "noisy" in _ratio_arrow(r["decode_ratio"]) + _ratio_arrow(r["prefill_ratio"])
+        r["variant"]
+        for r in rows[1:]
+        if "noisy" in "".join(_ratio_arrow(x) for x in (r["decode_ratio"], r["prefill_ratio"], *_engine_ratios(r)))
     ]
     if noisy:
         lines += ["", f"The machine was too noisy to compare the latency of {', '.join(noisy)} with MHA in this run "
@@ -388,6 +429,15 @@ def markdown_table(summary: dict) -> str:
         "is measured (peak resident memory added while the cache is allocated and one step runs; on CUDA, "
         "allocated device memory). Arrows compare with MHA (= within 2%; ≈ noisy: the spread includes 1.0).",
     ]
+    if engine:
+        e = mha["engine"]
+        lines += [
+            "",
+            f"{engine} {e['version']}: each variant exported with the package's converter and served by the engine "
+            "(K/V heads as the engine was given them); prefill and decode-step ratios to the engine's own MHA in "
+            f"{cfg['rounds']} interleaved rounds; a decode step is timed inside a generation of {DECODE_STEPS} tokens "
+            f"({DECODE_STEPS - 1} steps timed) after a cached prompt of {cfg['context']} tokens.",
+        ]
     if any("lm_eval" in r for r in rows):
         columns = [
             (task, m)
@@ -401,6 +451,19 @@ def markdown_table(summary: dict) -> str:
             values = " | ".join(f"{r['lm_eval'][t][m]:.4g}" for t, m in columns)
             lines.append(f"| {r['variant']} | {values} |")
     return "\n".join(lines) + "\n"
+
+
+def _engine_ratios(row: dict) -> tuple:
+    return (row["engine"]["decode_ratio"], row["engine"]["prefill_ratio"]) if "engine" in row else ()
+
+
+def _engine_cells(e: dict) -> str:
+    d, p = e["decode_ratio"], e["prefill_ratio"]
+    return (
+        f"| {_ratio_arrow(d)} {d['median']:.2f}x [{d['q1']:.2f}-{d['q3']:.2f}], {e['kv_heads']} K/V heads, "
+        f"{format_bytes(e['kv_bytes_per_token'])}/token "
+        f"| {_ratio_arrow(p)} {p['median']:.2f}x [{p['q1']:.2f}-{p['q3']:.2f}] "
+    )
 
 
 def _answer_cell(answer: str) -> str:

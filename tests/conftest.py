@@ -13,6 +13,19 @@ from hf_attn_variants.kv_cache import cache_nbytes
 VOCAB = 96
 HEADS = 8
 
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs ``-n auto``), the cores are shared out among the workers: each
+    worker's torch, and every process a test starts (through ``OMP_NUM_THREADS``), gets its share, so that N
+    workers on N cores do not each start N threads."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
 # family name -> (config class, kwargs) of a tiny model with HEADS query heads and its native K/V heads
 TINY = {
     "llama": (transformers.LlamaConfig, dict(num_key_value_heads=4)),

@@ -21,14 +21,18 @@ def run_bench(script: str, tmp_path, *args) -> dict:
 
 def test_decode_benchmark_times_every_variant_on_every_path(tmp_path):
     result = run_bench("decode", tmp_path, "--batches", "2", "--contexts", "16", "--kv_heads", "16", "1",
-                       "--rounds", "1", "--spare", "4")  # fmt: skip
+                       "--rounds", "1", "--spare", "4", "--engines", "ctranslate2")  # fmt: skip
     rows = result["rows"]
-    assert {(r["variant"], r["path"]) for r in rows} == {
-        (v, p) for v in ("MHA-16", "MQA") for p in ("native, DynamicCache", "native, StaticCache", "plugin")
-    }
-    mqa = next(r for r in rows if r["variant"] == "MQA")
-    assert mqa["kv_cache_bytes_read"] == 2 * 4 * 1 * 64 * 17 * 2 * 4  # (k, v) x layers x heads x d x positions x batch
-    assert all(set(r["profile_seconds"]) == {"weight matmuls", "attention", "other"} for r in rows)
+    paths = ("native, DynamicCache", "native, StaticCache", "plugin", "ctranslate2")
+    assert {(r["variant"], r["path"]) for r in rows} == {(v, p) for v in ("MHA-16", "MQA") for p in paths}
+    for mqa in (r for r in rows if r["variant"] == "MQA"):  # the engine holds as many K/V bytes as the cache
+        assert (
+            mqa["kv_cache_bytes_read"] == 2 * 4 * 1 * 64 * 17 * 2 * 4
+        )  # (k, v) x layers x heads x d x positions x batch
+    for r in rows:  # the profiler sees only torch's paths
+        assert set(r.get("profile_seconds", ())) == (
+            {"weight matmuls", "attention", "other"} if r["path"] != "ctranslate2" else set()
+        )
     for r in rows:  # timings are noisy; the derived figures must follow from the row's own fields (1 round)
         mha = next(m for m in rows if m["variant"] == "MHA-16" and m["path"] == r["path"])
         step = r["step_seconds"]["median"]

@@ -137,3 +137,35 @@ def test_out_inside_the_source_is_refused(tiny, capsys):
         f"hf-attn-variants tradeoff: error: OUT '{tiny / 'llama' / 't'}' is or lies inside the source "
         f"'{tiny / 'llama'}'; choose another folder\n"
     )
+
+
+def test_the_engine_columns_time_every_variant_as_the_engine_serves_it(tiny, tmp_path, capsys):
+    pytest.importorskip("ctranslate2", reason="the ctranslate2 extra is not installed")
+    out = tmp_path / "out"
+    argv = ["tradeoff", tiny / "llama", "--out", out, "--data-files", tiny / "corpus.txt", "--variants", "mqa",
+            "--kv-init", "mean", "--engine", "ctranslate2"]  # fmt: skip
+    assert cli.main([str(a) for a in argv + SMALL]) == 0
+    rows = json.loads((out / "tradeoff.json").read_text())["variants"]
+    assert [(r["variant"], r["engine"]["kv_heads"]) for r in rows] == [("MHA-8", 8), ("MQA", 1)]  # what it serves
+    for r in rows:
+        e = r["engine"]
+        assert e["engine"] == "ctranslate2" and e["version"]
+        assert e["kv_bytes_per_token"] == r["kv_bytes_per_token"]  # the same float32 K/V as transformers' cache
+        for ratio in (e["decode_ratio"], e["prefill_ratio"]):
+            assert 0 < ratio["q1"] <= ratio["median"] <= ratio["q3"]
+        assert 0 < e["decode_seconds"]["median"] < e["prefill_seconds"]["median"] * 100
+    assert rows[0]["engine"]["decode_ratio"] == {"median": 1.0, "q1": 1.0, "q3": 1.0}
+    table = (out / "tradeoff.md").read_text()
+    assert "| ctranslate2: decode step (batch 2, context 64) | ctranslate2: prefill |" in table
+    assert ", 1 K/V heads, " in table and ", 8 K/V heads, " in table
+    assert table.count("\n| ") == 6  # two tables, each a header and 2 rows
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, "mha-8", "mqa"])  # the engine's models removed
+
+
+def test_an_unknown_engine_exits_2_with_the_choices(tiny, tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["tradeoff", str(tiny / "llama"), "--out", str(out), "--engine", "vllm"])
+    assert stop.value.code == 2
+    assert "argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2')" in capsys.readouterr().err
+    assert not out.exists()

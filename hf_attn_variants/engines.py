@@ -1,0 +1,142 @@
+"""A variant's latency and memory in an inference engine, next to transformers' (``tradeoff --engine``, bench/decode.py).
+
+Users serve a converted model with an engine, so the speedup that matters is the engine's. ``engine_timer``
+saves a variant, converts it with the engine's own converter (for CTranslate2: ``convert_to_ctranslate2``, which
+serves the plugin families too) and returns an :class:`EngineTimer` whose callables the trade-off times in the
+same interleaved rounds as its own columns:
+
+- ``prefill(batch, tokens)``: a call that reads a prompt of ``tokens`` random tokens and writes one token;
+- ``decode(batch, context)``: a call that generates :data:`DECODE_STEPS` tokens after a cached prompt of
+  ``context`` tokens (the engine's own prompt cache, ``static_prompt``, so the prompt is read once, not each
+  round) and returns its seconds per decode step (time stamps of the engine's per-token callback: the first
+  step, which reads the per-call prompt token, is not counted);
+
+and the K/V heads the engine was given (read off the spec its converter built) with the KV-cache bytes they
+hold per token. Needs ``pip install ctranslate2``; an engine that is not installed is refused by name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .choices import ENGINES
+
+DECODE_STEPS = 8  # generated per timed decode call; the per-step time is over the last DECODE_STEPS - 1
+COMPUTE_TYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@dataclass
+class EngineTimer:
+    """One variant served by an engine: its callables to time and what the engine holds per cached token."""
+
+    engine: str
+    version: str
+    kv_heads: int
+    kv_bytes_per_token: int  # K and V of every layer, in the engine's compute type
+    prefill: Callable[[int, int], Callable[[], object]]
+    decode: Callable[[int, int], Callable[[], float]]
+
+    def record(self) -> dict:
+        return {"engine": self.engine, "version": self.version, "kv_heads": self.kv_heads,
+                "kv_bytes_per_token": self.kv_bytes_per_token}  # fmt: skip
+
+
+def check_engine(name: str) -> None:
+    """Refuse an unknown engine, or one that is not installed, with the valid choices or the install line."""
+    if name not in ENGINES:
+        raise ValueError(f"engine {name!r} is not one of {list(ENGINES)}")
+    try:
+        __import__(name)
+    except ImportError:
+        raise ValueError(f"engine {name!r} is not installed: pip install {name}") from None
+
+
+def engine_timer(name: str, model, tokenizer, folder: Path) -> EngineTimer:
+    """``model`` (any supported family, any variant) served by engine ``name``, converted inside ``folder``.
+
+    ``tokenizer``: the model's; ``None`` for a model without one (a benchmark's random model): a word-level
+    tokenizer naming each embedding row is saved with it, since timing needs no text.
+    """
+    check_engine(name)
+    if tokenizer is None:
+        tokenizer = numbered_tokenizer(model.get_input_embeddings().num_embeddings)
+    return ctranslate2_timer(model, tokenizer, Path(folder))
+
+
+def numbered_tokenizer(vocab_size: int):
+    """A word-level tokenizer of ``vocab_size`` tokens ``t0``, ``t1``, ... (unknown ``t0``, BOS ``t1``, EOS ``t2``)."""
+    import transformers
+    from tokenizers import Tokenizer, models
+
+    backend = Tokenizer(models.WordLevel(vocab={f"t{i}": i for i in range(vocab_size)}, unk_token="t0"))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="t0", bos_token="t1",
+                                                eos_token="t2")  # fmt: skip
+
+
+def ctranslate2_timer(model, tokenizer, folder: Path) -> EngineTimer:
+    import ctranslate2
+
+    from .ctranslate2_support import converted_spec
+
+    saved, served = folder / "transformers", folder / "ctranslate2"
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    spec = converted_spec(saved, served)
+    attention = spec.decoder.layer[0].self_attention
+    heads = _integer(spec.decoder.num_heads)
+    kv_heads = heads if getattr(attention, "num_heads_kv", None) is None else _integer(attention.num_heads_kv)
+    head_dim = attention.linear[-1].weight.shape[-1] // heads  # the output projection reads every query head
+    compute_type = COMPUTE_TYPES.get(next(model.parameters()).dtype, "float32")
+    device = "cuda" if model.device.type == "cuda" else "cpu"
+    generator = ctranslate2.Generator(str(served), device=device, compute_type=compute_type,
+                                      intra_threads=torch.get_num_threads())  # fmt: skip
+    element = torch.empty(0, dtype=getattr(torch, compute_type)).element_size()
+    tokens = _plain_tokens(tokenizer, model.get_input_embeddings().num_embeddings)
+
+    def prompt(n: int, seed: int) -> list[str]:
+        picks = torch.randint(0, len(tokens), (n,), generator=torch.Generator().manual_seed(seed))
+        return [tokens[i] for i in picks.tolist()]
+
+    def prefill(batch: int, n: int) -> Callable[[], object]:
+        prompts = [prompt(n, seed) for seed in range(batch)]
+        return lambda: generator.generate_batch(prompts, max_length=1, include_prompt_in_result=False, end_token=[])
+
+    def decode(batch: int, context: int) -> Callable[[], float]:
+        cached, starts = prompt(context, batch), [prompt(1, seed) for seed in range(batch)]
+
+        def step() -> float:
+            stamps: dict[int, float] = {}
+
+            def stamp(result) -> bool:
+                stamps.setdefault(result.step, time.perf_counter())  # the first sequence to reach each step
+                return False
+
+            generator.generate_batch(
+                starts, static_prompt=cached, max_length=DECODE_STEPS, min_length=DECODE_STEPS, end_token=[],
+                include_prompt_in_result=False, callback=stamp,
+            )  # fmt: skip
+            steps = sorted(stamps)
+            return (stamps[steps[-1]] - stamps[steps[0]]) / (len(steps) - 1)
+
+        return step
+
+    layers = len(spec.decoder.layer)
+    return EngineTimer("ctranslate2", ctranslate2.__version__, kv_heads, 2 * layers * kv_heads * head_dim * element,
+                       prefill, decode)  # fmt: skip
+
+
+def _integer(value) -> int:
+    """A spec's integer, before (a numpy scalar) or after the converter wrapped it (``NumpyVariable``)."""
+    return int(value.numpy() if hasattr(value, "numpy") else value)
+
+
+def _plain_tokens(tokenizer, vocab_size: int) -> list[str]:
+    """The ordinary tokens (no special ones) that the model has embeddings for, as the engine's token strings."""
+    special = set(tokenizer.all_special_ids)
+    ids = [i for i in range(min(len(tokenizer), vocab_size)) if i not in special]
+    return tokenizer.convert_ids_to_tokens(ids)
