@@ -1,6 +1,6 @@
 # make main   - set up, then the trade-off table (latency, memory, quality of MHA/GQA/MQA) on SmolLM2-135M-Instruct:
 #               the GQA paper's mean pooling and the default recipe at zero steps, then 30 steps of distillation
-# make test   - set up, then run the whole test suite (unit + real-model tests)
+# make test   - set up, then run the whole test suite (unit + real-model tests), one worker per core (pytest-xdist)
 # make test-oldest - the second job: the fast tests on the oldest supported transformers (5.19), in .venv-oldest
 PY ?= python3
 VENV ?= .venv
@@ -24,13 +24,13 @@ main: setup
 	$(BIN)/hf-attn-variants tradeoff smollm2 --out out/tradeoff --overwrite --uptrain-steps 30 --distill
 
 test: setup
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra -n auto --dist loadfile
 
 # not in .ci/run (it would double CI's time): run it by hand or as a second CI job; see docs/serving.md
 test-oldest:
 	$(MAKE) setup VENV=.venv-oldest TRANSFORMERS=$(OLDEST_TRANSFORMERS)
 	.venv-oldest/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
-	.venv-oldest/bin/python -m pytest -m "not slow" -ra
+	.venv-oldest/bin/python -m pytest -m "not slow" -ra -n auto --dist loadfile
 
 bench: setup
 	$(BIN)/python bench/decode.py --json_out out/bench/decode.json
