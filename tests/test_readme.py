@@ -29,7 +29,9 @@ def test_readme_families_table_matches_the_registry():
 
 @AT_DERIVATION
 @pytest.mark.parametrize(
-    "name, table", [("derived-table", derived_families_table), ("refused-table", refused_table)], ids=str
+    "name, table",
+    [("derived-table", derived_families_table), ("refused-table", refused_table)],
+    ids=["derived-table", "refused-table"],  # stable ids: pytest-xdist's workers must collect the same names
 )
 def test_docs_families_tables_match_the_registry(name, table):
     block = generated_block((ROOT / "docs" / "families.md").read_text(), name)
