@@ -56,6 +56,53 @@ def check_engine(name: str) -> None:
         raise ValueError(f"engine {name!r} is not installed: pip install {name}") from None
 
 
+def check_served(name: str, config) -> None:
+    """Refuse, before anything is measured, a source whose variants engine ``name`` has no loader for."""
+    from .families import family_for
+
+    check_engine(name)
+    missing = sorted(_configs_written(family_for(config), type(config).__name__) - _ctranslate2_configs())
+    if missing:
+        raise ValueError(
+            f"engine {name!r} has no loader for {', '.join(missing)} (the variants of {config.model_type!r}); "
+            f"it serves the variants of: {', '.join(served_families(name))}"
+        )
+
+
+def served_families(name: str) -> list[str]:
+    """The families of this package whose variants engine ``name`` loads."""
+    import transformers
+
+    from .families import families
+
+    check_engine(name)
+    known = _ctranslate2_configs()
+    return sorted(
+        family.name
+        for family in families()
+        if any(
+            _configs_written(family, transformers.CONFIG_MAPPING[t].__name__) <= known
+            for t in family.model_types
+            if t in transformers.CONFIG_MAPPING
+        )  # fmt: skip
+    )
+
+
+def _configs_written(family, config_name: str) -> set[str]:
+    """The config classes the variants of a ``config_name`` source have: its own, and the plugin's variant config."""
+    from .families.registry import variant_config_class
+
+    return {config_name} | (set() if family.native else {variant_config_class(family).__name__})
+
+
+def _ctranslate2_configs() -> set[str]:
+    from ctranslate2.converters.transformers import _MODEL_LOADERS  # CTranslate2's registry of loaders
+
+    from . import ctranslate2_support  # noqa: F401 - registers the plugin families' loaders
+
+    return set(_MODEL_LOADERS)
+
+
 def engine_timer(name: str, model, tokenizer, folder: Path) -> EngineTimer:
     """``model`` (any supported family, any variant) served by engine ``name``, converted inside ``folder``.
 

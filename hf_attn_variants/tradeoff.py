@@ -96,6 +96,10 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     )
     source.eval()
     family = family_for(source.config)
+    if cfg.engine:
+        from .engines import check_served
+
+        check_served(cfg.engine, source.config)  # before minutes of measuring
     heads, source_kv = family.num_heads(source.config), family.num_kv_heads(source.config)
     variants = resolve_variants(cfg.variants, heads, source_kv)
     data_args = DataArguments(

@@ -71,3 +71,26 @@ def test_the_tokenizer_s_extra_tokens_are_not_sent_to_a_smaller_vocabulary():
     tokenizer = char_tokenizer()
     tokens = _plain_tokens(tokenizer, 10)
     assert set(tokenizer.convert_tokens_to_ids(tokens)) <= set(range(10)) - set(tokenizer.all_special_ids)
+
+
+def test_every_plugin_family_and_the_native_families_ctranslate2_knows_are_served():
+    from hf_attn_variants.engines import served_families
+
+    served = set(served_families("ctranslate2"))
+    assert {f.name for f in hav.families() if not f.native} <= served  # the loaders this package registers
+    assert {"llama", "mistral", "qwen2", "gemma"} <= served and "olmo2" not in served
+
+
+def test_a_source_the_engine_cannot_load_is_refused_before_anything_is_measured(tmp_path, capsys):
+    from hf_attn_variants import cli
+
+    from .conftest import save_tiny_checkpoint
+
+    save_tiny_checkpoint(tmp_path / "olmo2", "olmo2")
+    out = tmp_path / "out"
+    assert cli.main(["tradeoff", str(tmp_path / "olmo2"), "--out", str(out), "--engine", "ctranslate2"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].startswith("hf-attn-variants tradeoff: error: engine 'ctranslate2' has no loader for Olmo2Config "
+                          "(the variants of 'olmo2'); it serves the variants of: bloom, ")  # fmt: skip
+    assert "variants:" not in err  # refused before the first variant was converted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["olmo2"]
