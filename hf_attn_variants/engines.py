@@ -56,11 +56,20 @@ def check_engine(name: str) -> None:
         raise ValueError(f"engine {name!r} is not installed: pip install {name}") from None
 
 
-def check_served(name: str, config) -> None:
-    """Refuse, before anything is measured, a source whose variants engine ``name`` has no loader for."""
+def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+    """Refuse, before anything is measured, a source whose variants engine ``name`` has no loader for, or weights
+    of a ``dtype`` it cannot compute in on ``device``."""
     from .families import family_for
 
     check_engine(name)
+    import ctranslate2
+
+    compute_type, supported = COMPUTE_TYPES.get(dtype, "float32"), ctranslate2.get_supported_compute_types(device)
+    if compute_type not in supported:
+        raise ValueError(
+            f"engine {name!r} cannot compute in {compute_type} on this {device} (it supports: "
+            f"{', '.join(sorted(supported))}); choose another --dtype"
+        )
     missing = sorted(_configs_written(family_for(config), type(config).__name__) - _ctranslate2_configs())
     if missing:
         raise ValueError(

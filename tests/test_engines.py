@@ -94,3 +94,17 @@ def test_a_source_the_engine_cannot_load_is_refused_before_anything_is_measured(
                           "(the variants of 'olmo2'); it serves the variants of: bloom, ")  # fmt: skip
     assert "variants:" not in err  # refused before the first variant was converted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["olmo2"]
+
+
+def test_weights_the_engine_cannot_compute_in_are_refused_before_anything_is_measured(monkeypatch):
+    import ctranslate2
+    import torch
+    import transformers
+
+    from hf_attn_variants.engines import check_served
+
+    monkeypatch.setattr(ctranslate2, "get_supported_compute_types", lambda device: {"float32", "int8"})
+    with pytest.raises(ValueError, match=r"^engine 'ctranslate2' cannot compute in bfloat16 on this cpu \(it supports: "
+                                         r"float32, int8\); choose another --dtype$"):  # fmt: skip
+        check_served("ctranslate2", transformers.LlamaConfig(), torch.bfloat16, "cpu")
+    check_served("ctranslate2", transformers.LlamaConfig(), torch.float32, "cpu")  # float32: served
