@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from .choices import ENGINES
+from .heads import kv_cache_bytes_per_token
 
 DECODE_STEPS = 8  # generated per timed decode call; the per-step time is over the last DECODE_STEPS - 1
 COMPUTE_TYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -182,7 +183,7 @@ def ctranslate2_timer(model, tokenizer, folder: Path) -> EngineTimer:
         return step
 
     layers = len(spec.decoder.layer)
-    return EngineTimer("ctranslate2", ctranslate2.__version__, kv_heads, 2 * layers * kv_heads * head_dim * element,
+    return EngineTimer("ctranslate2", ctranslate2.__version__, kv_heads, kv_cache_bytes_per_token(layers, kv_heads, head_dim, element),
                        prefill, decode)  # fmt: skip
 
 
