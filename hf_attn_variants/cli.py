@@ -119,6 +119,12 @@ def _convert(args) -> int:
 
 def _export(args) -> int:
     opts = options_from_args(ExportOptions, args)
+    if opts.engine == "llama.cpp":
+        from .llama_cpp_support import convert_to_gguf
+
+        out = convert_to_gguf(opts.src, opts.out, opts.quantization, opts.overwrite)
+        print(f"wrote {out} (llama.cpp GGUF; serve it with llama_cpp.Llama({out!r}) or llama-server -m {out})")
+        return 0
     try:
         from .ctranslate2_support import convert_to_ctranslate2
     except ImportError as err:

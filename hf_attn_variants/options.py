@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .choices import CACHE_DTYPES, DTYPES, ENGINES
+from .choices import CACHE_DTYPES, DTYPES, ENGINES, EXPORT_ENGINES
 from .recipe import KVRecipe
 
 
@@ -51,9 +51,10 @@ class ExportOptions:
                       positional=True, metavar="SRC")  # fmt: skip
     out: str = option(help="the engine's model folder to write (refused if it exists, unless --overwrite)",
                       positional=True, metavar="OUT")  # fmt: skip
-    engine: Literal["ctranslate2"] = option("ctranslate2", help="the inference engine")
-    quantization: str | None = option(help="the engine's weight type, e.g. int8, int8_float32, float16 "
-                                      "(default: the checkpoint's)")  # fmt: skip
+    engine: str = option("ctranslate2", help="the inference engine: ctranslate2 writes its model folder, llama.cpp "
+                         "OUT/model.gguf", choices=EXPORT_ENGINES)  # fmt: skip
+    quantization: str | None = option(help="the engine's weight type, e.g. int8, int8_float32, float16 (ctranslate2); "
+                                      "f32, f16, bf16, q8_0 (llama.cpp) (default: the checkpoint's)")  # fmt: skip
     overwrite: bool = option(False, help="replace OUT if it exists")
 
 

@@ -26,6 +26,7 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
 
+
 # family name -> (config class, kwargs) of a tiny model with HEADS query heads and its native K/V heads
 TINY = {
     "llama": (transformers.LlamaConfig, dict(num_key_value_heads=4)),

