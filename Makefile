@@ -2,6 +2,7 @@
 #               the GQA paper's mean pooling and the default recipe at zero steps, then 30 steps of distillation
 # make test   - set up, then run the whole test suite (unit + real-model tests), one worker per core (pytest-xdist)
 # make test-oldest - the second job: the fast tests on the oldest supported transformers (5.19), in .venv-oldest
+# make test-llama-cpp - a third job: installs llama-cpp-python (compiles llama.cpp) and runs tests/test_llama_cpp.py
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -9,7 +10,7 @@ BIN = $(VENV)/bin
 TRANSFORMERS ?=
 OLDEST_TRANSFORMERS = 5.19.0
 
-.PHONY: setup main test test-oldest lint format bench quality
+.PHONY: setup main test test-oldest test-llama-cpp lint format bench quality
 
 $(BIN)/hf-attn-variants: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +32,12 @@ test-oldest:
 	$(MAKE) setup VENV=.venv-oldest TRANSFORMERS=$(OLDEST_TRANSFORMERS)
 	.venv-oldest/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
 	.venv-oldest/bin/python -m pytest -m "not slow" -ra -n auto --dist loadfile
+
+# not in .ci/run: pip compiles llama-cpp-python's llama.cpp from source (tens of minutes on 2 cores; pip keeps the
+# wheel it builds, so a second run installs in seconds); without it CI runs the converter's tests and skips the runtime's
+test-llama-cpp: setup
+	$(BIN)/python -m pip install -q -e ".[dev,llama-cpp]"
+	$(BIN)/python -m pytest -ra tests/test_llama_cpp.py
 
 bench: setup
 	$(BIN)/python bench/decode.py --json_out out/bench/decode.json

@@ -120,9 +120,12 @@ def _convert(args) -> int:
 def _export(args) -> int:
     opts = options_from_args(ExportOptions, args)
     if opts.engine == "llama.cpp":
-        from .llama_cpp_support import convert_to_gguf
+        from .llama_cpp_support import convert_to_gguf, serving_note
 
         out = convert_to_gguf(opts.src, opts.out, opts.quantization, opts.overwrite)
+        note = serving_note(opts.src)
+        if note:
+            print(f"hf-attn-variants export: note: {note}", file=sys.stderr)
         print(f"wrote {out} (llama.cpp GGUF; serve it with llama_cpp.Llama({out!r}) or llama-server -m {out})")
         return 0
     try:

@@ -132,7 +132,7 @@ def convert_all_to_gguf(jobs, quantization: str | None = None, overwrite: bool =
     with ExitStack() as outputs, tempfile.TemporaryDirectory() as scratch:
         written = [outputs.enter_context(atomic_output_dir(out)) / GGUF_NAME for _, out, _ in planned]
         argv = [
-            [str(src), "--outfile", str(gguf), "--outtype", outtype]
+            [str(Path(src).resolve()), "--outfile", str(gguf.resolve()), "--outtype", outtype]  # it runs elsewhere
             for (src, _, outtype), gguf in zip(planned, written, strict=True)
         ]
         jobs_file, results_file = Path(scratch) / "jobs.json", Path(scratch) / "results.json"
@@ -164,6 +164,20 @@ def _check_kv_heads(src, gguf: Path) -> None:
             f"llama.cpp's converter wrote {sorted(set(written['kv_heads']))} K/V heads for {src}, which has {expected} "
             f"(its {written['architecture']!r} converter does not take the checkpoint's K/V heads); serve it with CTranslate2"
         )
+
+
+def serving_note(src: str) -> str | None:
+    """What a user of llama.cpp should know about the family of the checkpoint in ``src``: how llama.cpp runs it
+    otherwise than transformers (``DIFFERS``), or that its serving is not measured here; ``None`` if ``SERVED``."""
+    import transformers
+
+    from .families import family_for
+
+    family = family_for(transformers.AutoConfig.from_pretrained(src)).name
+    if family in SERVED:
+        return None
+    how = DIFFERS.get(family, "not measured here (tests/test_llama_cpp.py)")
+    return f"llama.cpp and transformers disagree on {family} or it is untested: {how}"
 
 
 def _read_config(src: str) -> dict:

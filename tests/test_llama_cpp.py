@@ -145,17 +145,18 @@ def test_the_header_reader_reads_what_gguf_s_own_reader_does(converted):
         assert values[key] == (pytest.approx(expected) if isinstance(expected, float) else expected), key
 
 
-def run_export(*argv: str) -> subprocess.CompletedProcess:
+def run_export(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).parent / "hf-attn-variants"
-    return subprocess.run([str(exe), "export", *map(str, argv)], capture_output=True, text=True)
+    return subprocess.run([str(exe), "export", *map(str, argv)], capture_output=True, text=True, cwd=cwd)
 
 
 def test_the_export_command_writes_a_gguf_file_with_g_kv_heads(tmp_path, smollm2_tokenizer):
-    """``hf-attn-variants export SRC OUT --engine llama.cpp`` as typed: the console script, default weight type."""
-    src = save_variant(tmp_path / "llama-mqa", "llama", smollm2_tokenizer)
-    out = tmp_path / "gguf"
-    done = run_export(src, out, "--engine", "llama.cpp")
+    """``hf-attn-variants export SRC OUT --engine llama.cpp`` as typed: the console script, relative paths, the
+    default weight type."""
+    save_variant(tmp_path / "llama-mqa", "llama", smollm2_tokenizer)
+    done = run_export("llama-mqa", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
+    out = (tmp_path / "gguf").resolve()
     gguf_file = out / "model.gguf"
     assert done.stdout.strip().splitlines()[-1] == (
         f"wrote {gguf_file} (llama.cpp GGUF; serve it with llama_cpp.Llama({str(gguf_file)!r}) or llama-server -m {gguf_file})"
@@ -164,9 +165,21 @@ def test_the_export_command_writes_a_gguf_file_with_g_kv_heads(tmp_path, smollm2
     seen = lcpp.gguf_attention(str(gguf_file))
     assert seen["architecture"] == "llama" and seen["kv_heads"] == [KV, KV]
     assert lcpp.gguf_header(str(gguf_file))[0]["general.file_type"] == 0  # all float32: float32 weights kept
-    again = run_export(src, out, "--engine", "llama.cpp")
+    again = run_export("llama-mqa", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
     assert again.returncode == 2 and again.stderr.strip().startswith("hf-attn-variants export: error: ")
     assert "exists" in again.stderr
+    assert "note:" not in done.stderr  # Llama is served as transformers runs it
+
+
+def test_exporting_a_family_llama_cpp_runs_otherwise_says_how(tmp_path, smollm2_tokenizer):
+    save_variant(tmp_path / "mixtral", "mixtral", smollm2_tokenizer)
+    done = run_export("mixtral", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        f"hf-attn-variants export: note: llama.cpp and transformers disagree on mixtral or it is untested: {lcpp.DIFFERS['mixtral']}"
+        in done.stderr.splitlines()
+    )
+    assert (tmp_path / "gguf" / "model.gguf").is_file()
 
 
 @pytest.mark.parametrize(
@@ -280,3 +293,12 @@ def test_every_converted_family_is_served_or_how_llama_cpp_differs_is_declared(s
     )
     agreeing = sorted(name for name in lcpp.DIFFERS if matches(served[name]))
     assert not agreeing, f"llama.cpp now serves {agreeing} as transformers does: move them to SERVED"
+
+
+def test_the_serving_page_counts_the_families_an_engine_serves():
+    from hf_attn_variants import engines
+
+    served = set(engines.served_families("ctranslate2")) | set(lcpp.SERVED)
+    text = " ".join((Path(__file__).parents[1] / "docs" / "serving.md").read_text().split())
+    assert f"{len(served)} of the package's {len(families())} families end in an engine" in text
+    assert set(lcpp.SERVED).isdisjoint(lcpp.DIFFERS)
