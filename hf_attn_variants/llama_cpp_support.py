@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 
-from .io import atomic_output_dir, check_output_dir
+from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
 
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"  # the release whose converter is fetched when llama-cpp-python is not installed
@@ -122,7 +122,8 @@ def convert_all_to_gguf(jobs, quantization: str | None = None, overwrite: bool =
     planned = []
     for src, out in jobs:
         config = _read_config(src)
-        (architecture,) = config.get("architectures") or ["(none)"]
+        check_checkpoint_folder(src)  # safetensors only (the converter would unpickle .bin files), no link outside
+        architecture = (config.get("architectures") or ["(none)"])[0]  # the one the converter goes by
         if architecture not in known:
             raise ValueError(
                 f"{src}: llama.cpp's converter has no {architecture!r} (it converts {len(known)} architectures, "

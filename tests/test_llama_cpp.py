@@ -201,6 +201,20 @@ def test_a_checkpoint_the_converter_cannot_take_is_refused_in_one_line_and_nothi
     assert sorted(p.name for p in tmp_path.iterdir()) == [family]  # no OUT, no temporary folder beside it
 
 
+def test_pickled_weights_are_refused_before_the_converter_could_unpickle_them(tmp_path, smollm2_tokenizer):
+    src = save_variant(tmp_path / "llama", "llama", smollm2_tokenizer)
+    weights = src / "model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(weights), src / "pytorch_model.bin")
+    weights.unlink()
+    done = run_export(src, tmp_path / "gguf", "--engine", "llama.cpp")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "holds only pickled weights" in line and "pytorch_model.bin" in line, line
+    assert not (tmp_path / "gguf").exists()
+
+
 def test_a_weight_type_llama_cpp_has_not_is_refused_with_its_choices(tmp_path, smollm2_tokenizer):
     src = save_variant(tmp_path / "llama", "llama", smollm2_tokenizer)
     done = run_export(src, tmp_path / "gguf", "--engine", "llama.cpp", "--quantization", "int8")
