@@ -15,6 +15,8 @@ Needs ``pip install ctranslate2`` (the ``ctranslate2`` extra).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import transformers
 from ctranslate2.converters import TransformersConverter
@@ -22,8 +24,9 @@ from ctranslate2.converters import transformers as ct2
 from ctranslate2.converters import utils as ct2_utils
 from ctranslate2.specs import transformer_spec
 
+from . import ctranslate2_native  # noqa: F401 - registers the loaders of native families CTranslate2 lacks
 from .families import family_for
-from .io import atomic_output_dir, check_output_dir
+from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
 
 ACTIVATIONS = ct2._SUPPORTED_ACTIVATIONS  # CTranslate2's names for transformers' activation functions
 
@@ -277,6 +280,8 @@ def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, 
 
 def converted_spec(src: str, out: str, quantization: str | None = None, overwrite: bool = False):
     """:func:`convert_to_ctranslate2`, returning the model spec CTranslate2 was given."""
+    if Path(src).is_dir():
+        check_checkpoint_folder(src)  # safetensors only (no pickle loaded), intact, no link out of the folder
     config = transformers.AutoConfig.from_pretrained(src)
     name = type(config).__name__
     if name.endswith("AttnVariantConfig") and name not in SERVED:

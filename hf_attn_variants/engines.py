@@ -80,22 +80,33 @@ def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: 
 
 
 def served_families(name: str) -> list[str]:
-    """The families of this package whose variants engine ``name`` loads."""
+    """The families of this package whose variants engine ``name`` serves as transformers runs them (tested in
+    tests/test_serving.py); a family it loads but runs otherwise is not among them
+    (``ctranslate2_native.DIFFERS``)."""
     import transformers
 
     from .families import families
 
     check_engine(name)
-    known = _ctranslate2_configs()
+    from . import ctranslate2_native, ctranslate2_support
+
+    served = ctranslate2_native.SERVED_CONFIGS | ctranslate2_support.SERVED
     return sorted(
         family.name
         for family in families()
         if any(
-            _configs_written(family, transformers.CONFIG_MAPPING[t].__name__) <= known
+            _grouped_config(family, transformers.CONFIG_MAPPING[t].__name__) in served
             for t in family.model_types
             if t in transformers.CONFIG_MAPPING
         )  # fmt: skip
     )
+
+
+def _grouped_config(family, config_name: str) -> str:
+    """The config class of a ``config_name`` source's GQA and MQA variants: its own, or the plugin's variant config."""
+    from .families.registry import variant_config_class
+
+    return config_name if family.native else variant_config_class(family).__name__
 
 
 def _configs_written(family, config_name: str) -> set[str]:

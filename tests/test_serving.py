@@ -19,13 +19,32 @@ from hf_attn_variants.ctranslate2_support import SERVED, convert_to_ctranslate2,
 
 CASES = [("gpt2", 2), ("gpt2", 1), ("opt", 2), ("opt", 1), ("gpt_neox", 2), ("gpt_neox", 1), ("gpt_bigcode", 2),
          ("gptj", 2), ("gptj", 1), ("bloom", 2), ("bloom", 1), ("falcon", 2), ("falcon", 1), ("falcon-7b", 2), ("llama", 1),
-         ("qwen2", 1), ("mistral", 2)]  # fmt: skip
+         ("qwen2", 1), ("mistral", 2), ("llama-llama3", 1), ("qwen3", 1), ("qwen3-theta", 2), ("gemma", 1),
+         ("gemma-theta", 2), ("helium", 1), ("helium-llama3", 2), ("glm", 1), ("glm4", 2), ("glm4-linear", 1),
+         ("phi3", 1), ("phi-2", 2), ("hyperclovax", 1), ("hyperclovax-mup", 2)]  # fmt: skip
 PADDED_VOCAB = {"opt": 8}  # CTranslate2's OPT loader pads the vocabulary to a multiple of 8
 
 
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}  # Llama 3.1
 CONFIGS = {  # more configurations of a family, by name
     "falcon-7b": ("falcon", {"new_decoder_architecture": False, "multi_query": True, "parallel_attn": True,
                              "bias": True, "num_kv_heads": None}),  # one K/V head, one shared norm
+    "gemma-theta": ("gemma", {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}),
+    "qwen3-theta": ("qwen3", {"rope_parameters": {"rope_type": "default", "rope_theta": 500.0}}),
+    "llama-llama3": ("llama", {"rope_parameters": LLAMA3_ROPE}),
+    "helium-llama3": ("helium", {"rope_parameters": LLAMA3_ROPE}),
+    "glm4-linear": ("glm4", {"rope_parameters": {"rope_type": "linear", "factor": 4.0, "rope_theta": 500.0,
+                                                 "partial_rotary_factor": 0.5}}),
+    "phi-2": ("phi", {"qk_layernorm": False}),  # as Phi-2 is released
+    "hyperclovax-mup": ("hyperclovax", {"embedding_multiplier": 3.0, "residual_multiplier": 0.5,
+                                        "attention_multiplier": 0.1, "logits_scaling": 0.7}),
 }  # fmt: skip
 
 
@@ -47,7 +66,8 @@ def test_ctranslate2_serves_the_variant_with_g_kv_heads_and_transformers_log_pro
     src, tokenizer = saved_variant(tmp_path, family, kv)
     spec = TransformersConverter(str(src))._load()  # what the engine is given
     model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
-    heads, head_dim = model.config.num_attention_heads, model.config.hidden_size // model.config.num_attention_heads
+    heads = model.config.num_attention_heads
+    head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // heads
     attention = spec.decoder.layer[0].self_attention
     assert int(attention.num_heads_kv) == kv
     assert tuple(attention.linear[0].weight.shape) == ((heads + 2 * kv) * head_dim, model.config.hidden_size)
@@ -68,6 +88,50 @@ def test_ctranslate2_serves_the_variant_with_g_kv_heads_and_transformers_log_pro
     )[0].sequences_ids[0]  # fmt: skip
     reference = model.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert greedy == reference[0, 6:].tolist()
+
+
+def test_every_family_counted_as_served_is_checked_here():
+    """What ``served_families`` claims (and the serving page counts) is what the test above checks."""
+    from hf_attn_variants.engines import served_families
+
+    checked = {CONFIGS.get(name, (name,))[0] for name, _ in CASES}
+    assert set(served_families("ctranslate2")) <= checked, sorted(set(served_families("ctranslate2")) - checked)
+
+
+@pytest.mark.parametrize("family", ["ministral", "cwm", "starcoder2"])
+def test_a_sliding_window_family_is_served_within_its_window_as_declared(tmp_path, family):
+    """``ctranslate2_native.DIFFERS``: the same log-probs for a prompt within the window (4 tokens in the tiny
+    configs), others for a longer one; a CTranslate2 that starts to mask the prompt fails here."""
+    from hf_attn_variants.ctranslate2_native import DIFFERS
+
+    src, tokenizer = saved_variant(tmp_path, family, 1)
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    assert type(model.config).__name__ in DIFFERS and model.config.sliding_window == 4
+    generator = ctranslate2.Generator(convert_to_ctranslate2(src, tmp_path / "ct2"), device="cpu")
+    ids = torch.randint(3, 60, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(ids).logits.log_softmax(-1)[0, :-1].gather(-1, ids[0, 1:, None]).squeeze(-1)
+    found = torch.tensor(generator.score_batch([tokenizer.convert_ids_to_tokens(ids[0].tolist())])[0].log_probs)
+    torch.testing.assert_close(found[:3], expected[:3], atol=1e-4, rtol=0)  # tokens 2-4 read at most 4 tokens
+    assert (found[4:] - expected[4:]).abs().max() > 1e-3
+
+
+def test_pickled_weights_are_refused_before_anything_loads_them(tmp_path):
+    from safetensors.torch import load_file
+
+    src, _ = saved_variant(tmp_path, "llama", 1)
+    torch.save(load_file(src / "model.safetensors"), src / "pytorch_model.bin")
+    (src / "model.safetensors").unlink()
+    with pytest.raises(ValueError, match="holds only pickled weights"):
+        convert_to_ctranslate2(src, tmp_path / "ct2")
+    assert not (tmp_path / "ct2").exists()
+
+
+def test_what_ctranslate2_cannot_express_is_refused_by_name(tmp_path):
+    src, _ = saved_variant(tmp_path, "phi", 2)  # the tiny Phi normalises queries and keys (qk_layernorm)
+    with pytest.raises(ValueError, match="^CTranslate2 loader: phi with qk_layernorm=True is not supported$"):
+        convert_to_ctranslate2(src, tmp_path / "ct2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["phi-2"]
 
 
 def test_the_grouped_layout_becomes_blocks():
