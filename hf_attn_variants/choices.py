@@ -8,5 +8,5 @@ ATTN_VARIANTS = ("mha", "gqa", "mqa")
 KV_INIT_METHODS = ("mean", "first", "random", "aligned", "svd")  # the last two: hf_attn_variants.merging
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # of saved weights; auto: the source's own
 CACHE_DTYPES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")  # of the KV cache
-ENGINES = ("ctranslate2",)  # inference engines a variant is timed in (hf_attn_variants.engines)
+ENGINES = ("ctranslate2", "llama.cpp")  # inference engines a variant is timed in (hf_attn_variants.engines)
 EXPORT_ENGINES = ("ctranslate2", "llama.cpp")  # inference engines a variant is exported to (hf-attn-variants export)

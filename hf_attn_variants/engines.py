@@ -11,8 +11,11 @@ same interleaved rounds as its own columns:
   round) and returns its seconds per decode step (time stamps of the engine's per-token callback: the first
   step, which reads the per-call prompt token, is not counted);
 
-and the K/V heads the engine was given (read off the spec its converter built) with the KV-cache bytes they
-hold per token. Needs ``pip install ctranslate2``; an engine that is not installed is refused by name.
+and the K/V heads the engine was given (read off the spec its converter built, or the GGUF file's header) with
+the KV-cache bytes they hold per token. Engines: CTranslate2 (``pip install ctranslate2``) and llama.cpp
+(``pip install "hf_attn_variants[llama-cpp]"``: the GGUF file is written by ``llama_cpp_support.convert_to_gguf``
+and timed through llama-cpp-python's bindings of llama.cpp's own batch API, one sequence per prompt of the batch,
+its cache in llama.cpp's default f16). An engine that is not installed is refused by name.
 """
 
 from __future__ import annotations
@@ -47,22 +50,33 @@ class EngineTimer:
                 "kv_bytes_per_token": self.kv_bytes_per_token}  # fmt: skip
 
 
+MODULES = {"ctranslate2": ("ctranslate2", "pip install ctranslate2"),
+           "llama.cpp": ("llama_cpp", 'pip install "hf_attn_variants[llama-cpp]"')}  # fmt: skip
+
+
 def check_engine(name: str) -> None:
     """Refuse an unknown engine, or one that is not installed, with the valid choices or the install line."""
     if name not in ENGINES:
         raise ValueError(f"engine {name!r} is not one of {list(ENGINES)}")
+    module, install = MODULES[name]
     try:
-        __import__(name)
+        __import__(module)
     except ImportError:
-        raise ValueError(f"engine {name!r} is not installed: pip install {name}") from None
+        raise ValueError(f"engine {name!r} is not installed: {install}") from None
 
 
-def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: str = "cpu") -> None:
+def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: str = "cpu", tokenizer=None) -> None:
     """Refuse, before anything is measured, a source whose variants engine ``name`` has no loader for, or weights
-    of a ``dtype`` it cannot compute in on ``device``."""
+    of a ``dtype`` it cannot compute in on ``device``. For llama.cpp, with ``tokenizer``: a one-layer random model
+    of ``config`` is converted with it, so that a vocabulary its converter refuses is found now, not at the end."""
     from .families import family_for
 
     check_engine(name)
+    if name == "llama.cpp":
+        _check_llama_cpp_served(config, device)
+        if tokenizer is not None:
+            _convert_one_layer(config, tokenizer)
+        return
     import ctranslate2
 
     compute_type, supported = COMPUTE_TYPES.get(dtype, "float32"), ctranslate2.get_supported_compute_types(device)
@@ -79,6 +93,44 @@ def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: 
         )
 
 
+def _check_llama_cpp_served(config, device: str) -> None:
+    from .families import family_for
+    from .llama_cpp_support import known_architectures
+
+    if device != "cpu":
+        raise ValueError("engine 'llama.cpp' is timed on the CPU here (llama-cpp-python's CPU build): use --device cpu")
+    written = _configs_written(family_for(config), type(config).__name__)
+    architecture = (
+        getattr(config, "architectures", None) or [type(config).__name__.removesuffix("Config") + "ForCausalLM"]
+    )[0]
+    if len(written) > 1 or architecture not in known_architectures():
+        raise ValueError(
+            f"engine 'llama.cpp' has no converter for the variants of {config.model_type!r} ({architecture}); "
+            f"it serves the variants of: {', '.join(served_families('llama.cpp'))}"
+        )
+
+
+def _convert_one_layer(config, tokenizer) -> None:
+    import copy
+    import tempfile
+
+    import transformers
+
+    from .llama_cpp_support import convert_to_gguf
+
+    small = copy.deepcopy(config)
+    small.num_hidden_layers = 1
+    if getattr(small, "layer_types", None):
+        small.layer_types = small.layer_types[:1]
+    with tempfile.TemporaryDirectory() as scratch:
+        transformers.AutoModelForCausalLM.from_config(small).save_pretrained(f"{scratch}/model")
+        tokenizer.save_pretrained(f"{scratch}/model")
+        try:
+            convert_to_gguf(f"{scratch}/model", f"{scratch}/gguf")
+        except ValueError as err:  # named by what the user gave, not the scratch folder
+            raise ValueError(str(err).replace(f"{scratch}/model", "this source (its config and tokenizer)")) from None
+
+
 def served_families(name: str) -> list[str]:
     """The families of this package whose variants engine ``name`` serves as transformers runs them (tested in
     tests/test_serving.py); a family it loads but runs otherwise is not among them
@@ -88,6 +140,10 @@ def served_families(name: str) -> list[str]:
     from .families import families
 
     check_engine(name)
+    if name == "llama.cpp":
+        from .llama_cpp_support import SERVED
+
+        return sorted(SERVED)
     from . import ctranslate2_native, ctranslate2_support
 
     served = ctranslate2_native.SERVED_CONFIGS | ctranslate2_support.SERVED
@@ -131,6 +187,10 @@ def engine_timer(name: str, model, tokenizer, folder: Path) -> EngineTimer:
     tokenizer naming each embedding row is saved with it, since timing needs no text.
     """
     check_engine(name)
+    if name == "llama.cpp":
+        if tokenizer is None:
+            raise ValueError("engine 'llama.cpp' needs the model's tokenizer (its converter writes the vocabulary)")
+        return llama_cpp_timer(model, tokenizer, Path(folder))
     if tokenizer is None:
         tokenizer = numbered_tokenizer(model.get_input_embeddings().num_embeddings)
     return ctranslate2_timer(model, tokenizer, Path(folder))
@@ -208,3 +268,109 @@ def _plain_tokens(tokenizer, vocab_size: int) -> list[str]:
     special = set(tokenizer.all_special_ids)
     ids = [i for i in range(min(len(tokenizer), vocab_size)) if i not in special]
     return tokenizer.convert_ids_to_tokens(ids)
+
+
+def llama_cpp_timer(model, tokenizer, folder: Path) -> EngineTimer:
+    """``model`` written to GGUF by llama.cpp's converter and timed in llama.cpp, as :func:`ctranslate2_timer`."""
+    import llama_cpp
+    from llama_cpp import _internals
+
+    from .llama_cpp_support import convert_to_gguf, gguf_attention
+
+    saved = folder / "transformers"
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    path = convert_to_gguf(saved, folder / "gguf")
+    attention = gguf_attention(path)
+    (kv_heads,) = set(attention["kv_heads"])
+    _silence_llama_cpp()
+    weights = _internals.LlamaModel(path_model=path, params=llama_cpp.llama_model_default_params(), verbose=False)
+    ids = [i for i in range(model.get_input_embeddings().num_embeddings) if i not in set(tokenizer.all_special_ids)]
+
+    def prompts(batch: int, n: int) -> list[list[int]]:
+        picks = torch.randint(0, len(ids), (batch, n), generator=torch.Generator().manual_seed(n))
+        return [[ids[i] for i in row] for row in picks.tolist()]
+
+    def prefill(batch: int, n: int) -> Callable[[], object]:
+        context, tokens = LlamaCppBatches(weights, batch, n + 1), prompts(batch, n)
+
+        def run() -> None:
+            context.clear()
+            context.read(tokens, start=0, outputs="last")
+
+        return run
+
+    def decode(batch: int, context_length: int) -> Callable[[], float]:
+        context = LlamaCppBatches(weights, batch, context_length + DECODE_STEPS)
+        context.read(prompts(batch, context_length), start=0, outputs="last")  # the cached prompt, read once
+        nexts = prompts(batch, DECODE_STEPS)
+
+        def step() -> float:
+            context.forget_from(context_length)
+            stamps = [time.perf_counter()]
+            for s in range(DECODE_STEPS):  # one token per sequence per step, each with its logits
+                context.read([[row[s]] for row in nexts], start=context_length + s, outputs="all")
+                stamps.append(time.perf_counter())
+            return (stamps[-1] - stamps[1]) / (DECODE_STEPS - 1)  # as CTranslate2's: the first step not counted
+
+        return step
+
+    element = 2  # llama.cpp's default cache type, f16 for K and V
+    cache = kv_cache_bytes_per_token(attention["layers"], kv_heads, attention["head_dim"], element)
+    return EngineTimer("llama.cpp", llama_cpp.__version__, kv_heads, cache, prefill, decode)
+
+
+class LlamaCppBatches:
+    """A llama.cpp context holding ``sequences`` sequences of up to ``positions`` tokens, fed through llama.cpp's
+    batch API (llama-cpp-python's ``Llama`` decodes one sequence at a time)."""
+
+    CHUNK = 512  # tokens per llama_decode call (llama.cpp's default physical batch)
+
+    def __init__(self, weights, sequences: int, positions: int):
+        import llama_cpp
+        from llama_cpp import _internals
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = sequences * positions
+        params.n_batch = params.n_ubatch = self.CHUNK
+        params.n_seq_max = sequences
+        params.n_threads = params.n_threads_batch = torch.get_num_threads()
+        self.context = _internals.LlamaContext(model=weights, params=params, verbose=False)
+        self.batch = _internals.LlamaBatch(n_tokens=self.CHUNK, embd=0, n_seq_max=1, verbose=False)
+        self._llama_cpp = llama_cpp
+
+    def clear(self) -> None:
+        self._llama_cpp.llama_memory_clear(self.context.memory, True)
+
+    def forget_from(self, position: int) -> None:
+        """Drop every sequence's cached positions from ``position`` on."""
+        self._llama_cpp.llama_memory_seq_rm(self.context.memory, -1, position, -1)
+
+    def read(self, rows: list[list[int]], start: int, outputs: str) -> None:
+        """Decode ``rows[i]`` as sequence ``i`` from position ``start``; logits for every token or the last of each."""
+        items = [
+            (token, start + p, seq, outputs == "all" or p == len(row) - 1)
+            for seq, row in enumerate(rows)
+            for p, token in enumerate(row)
+        ]
+        batch = self.batch.batch
+        for first in range(0, len(items), self.CHUNK):
+            chunk = items[first : first + self.CHUNK]
+            batch.n_tokens = len(chunk)
+            for i, (token, position, seq, logits) in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, logits
+                batch.seq_id[i][0] = seq
+            self.context.decode(self.batch)
+        self._llama_cpp.llama_synchronize(self.context.ctx)
+
+
+_QUIET = []  # the log callback handed to llama.cpp, kept alive as long as the process
+
+
+def _silence_llama_cpp() -> None:
+    """Send llama.cpp's log (every model load and context, on stderr) nowhere."""
+    import llama_cpp
+
+    if not _QUIET:
+        _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, user_data: None))
+    llama_cpp.llama_log_set(_QUIET[0], None)

@@ -99,7 +99,9 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     if cfg.engine:
         from .engines import check_served
 
-        check_served(cfg.engine, source.config, source.dtype, source.device.type)  # before minutes of measuring
+        check_served(
+            cfg.engine, source.config, source.dtype, source.device.type, tokenizer
+        )  # before minutes of measuring
     heads, source_kv = family.num_heads(source.config), family.num_kv_heads(source.config)
     variants = resolve_variants(cfg.variants, heads, source_kv)
     data_args = DataArguments(

@@ -52,11 +52,16 @@ def test_a_decode_call_generates_the_steps_it_times(tmp_path):
 
 
 def test_an_unknown_or_missing_engine_is_refused_by_name(monkeypatch):
-    with pytest.raises(ValueError, match=r"^engine 'vllm' is not one of \['ctranslate2'\]$"):
+    with pytest.raises(ValueError, match=r"^engine 'vllm' is not one of \['ctranslate2', 'llama.cpp'\]$"):
         check_engine("vllm")
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # as if it were not installed
     with pytest.raises(ValueError, match=r"^engine 'ctranslate2' is not installed: pip install ctranslate2$"):
         check_engine("ctranslate2")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+    with pytest.raises(
+        ValueError, match=r"^engine 'llama.cpp' is not installed: pip install \"hf_attn_variants\[llama-cpp\]\"$"
+    ):
+        check_engine("llama.cpp")
 
 
 def test_a_self_timed_candidate_records_what_it_returns():

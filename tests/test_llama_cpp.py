@@ -316,3 +316,89 @@ def test_the_serving_page_counts_the_families_an_engine_serves():
     text = " ".join((Path(__file__).parents[1] / "docs" / "serving.md").read_text().split())
     assert f"{len(served)} of the package's {len(families())} families end in an engine" in text
     assert set(lcpp.SERVED).isdisjoint(lcpp.DIFFERS)
+
+
+def test_the_llama_cpp_engine_times_the_variant_with_g_kv_heads(tmp_path, smollm2_tokenizer):
+    """What ``tradeoff --engine llama.cpp`` runs: the GGUF file's K/V heads, llama.cpp's f16 cache per token, and
+    a prefill and a decode step that run."""
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    from hf_attn_variants.engines import engine_timer
+    from hf_attn_variants.heads import kv_cache_bytes_per_token
+
+    model = hav.convert(tiny_model("llama", vocab_size=len(smollm2_tokenizer)), "gqa", 2, kv_init="mean")
+    timer = engine_timer("llama.cpp", model, smollm2_tokenizer, tmp_path / "engine")
+    config = model.config
+    assert timer.kv_heads == 2 and timer.engine == "llama.cpp"
+    assert timer.kv_bytes_per_token == kv_cache_bytes_per_token(config.num_hidden_layers, 2, config.head_dim, 2)
+    timer.prefill(2, 12)()
+    seconds = timer.decode(2, 20)()
+    assert isinstance(seconds, float) and 0 < seconds < 10
+
+
+def test_the_timed_batch_keeps_its_sequences_apart(tmp_path, smollm2_tokenizer):
+    """The engine's batches (llama.cpp's batch API, one sequence per prompt): each sequence's logits are
+    transformers' for that sequence alone, after a prompt and after decode steps that continue it."""
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    import ctypes
+
+    import llama_cpp
+    from llama_cpp import _internals
+
+    from hf_attn_variants.engines import LlamaCppBatches, _silence_llama_cpp
+
+    src = save_variant(tmp_path / "llama", "llama", smollm2_tokenizer)
+    gguf_file = lcpp.convert_to_gguf(src, tmp_path / "gguf")
+    _silence_llama_cpp()
+    weights = _internals.LlamaModel(path_model=gguf_file, params=llama_cpp.llama_model_default_params(), verbose=False)
+    batches = LlamaCppBatches(weights, sequences=2, positions=16)
+    rows = [IDS[:8], IDS[4:12]]
+    model = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    vocab = model.config.vocab_size
+
+    def logits(i: int) -> torch.Tensor:
+        pointer = llama_cpp.llama_get_logits_ith(batches.context.ctx, i)
+        return torch.tensor(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float))[:vocab]).log_softmax(-1)
+
+    batches.read([row[:6] for row in rows], start=0, outputs="last")
+    batches.read([row[6:] for row in rows], start=6, outputs="all")  # two steps of each sequence, as a decode
+    batches.forget_from(7)
+    batches.read([row[7:] for row in rows], start=7, outputs="all")  # the last step again, as each timed round
+    with torch.no_grad():
+        expected = model(torch.tensor(rows)).logits[:, -1].log_softmax(-1)
+    for seq in range(2):
+        assert (logits(seq) - expected[seq]).abs().max() < TOLERANCE
+
+
+def test_tradeoff_times_every_variant_in_llama_cpp(tmp_path, smollm2_tokenizer):
+    """``hf-attn-variants tradeoff SRC --engine llama.cpp`` as typed (small sizes): the engine's columns, with the
+    K/V heads llama.cpp was given and its f16 cache; a source whose vocabulary the converter refuses exits 2
+    before anything is measured."""
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    import pydoc_data.topics
+
+    from hf_attn_variants import cli
+
+    from .conftest import char_tokenizer
+
+    src = tmp_path / "llama"
+    tiny_model("llama", vocab_size=len(smollm2_tokenizer), max_position_embeddings=128).save_pretrained(src)
+    smollm2_tokenizer.save_pretrained(src)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(pydoc_data.topics.topics.values())[:20_000])
+    small = ["--block-size", "32", "--eval-blocks", "4", "--batch", "2", "--context", "64", "--prefill-tokens", "16",
+             "--memory-context", "128", "--rounds", "3", "--data-files", str(corpus), "--kv-init", "mean"]  # fmt: skip
+    out = tmp_path / "out"
+    assert cli.main(["tradeoff", str(src), "--out", str(out), "--variants", "mqa", "--engine", "llama.cpp", *small]) == 0
+    rows = json.loads((out / "tradeoff.json").read_text())["variants"]
+    assert [(r["variant"], r["engine"]["kv_heads"]) for r in rows] == [("MHA-8", 8), ("MQA", 1)]
+    for r in rows:
+        assert r["engine"]["engine"] == "llama.cpp"
+        assert r["engine"]["kv_bytes_per_token"] * 2 == r["kv_bytes_per_token"]  # f16 next to transformers' float32
+    assert "| llama.cpp: decode step (batch 2, context 64) | llama.cpp: prefill |" in (out / "tradeoff.md").read_text()
+
+    char = tmp_path / "char"
+    tiny_model("llama", vocab_size=len(char_tokenizer())).save_pretrained(char)
+    char_tokenizer().save_pretrained(char)
+    refused = tmp_path / "refused"
+    assert cli.main(["tradeoff", str(char), "--out", str(refused), "--engine", "llama.cpp", *small]) == 2
+    assert not refused.exists()

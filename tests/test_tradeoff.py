@@ -167,5 +167,7 @@ def test_an_unknown_engine_exits_2_with_the_choices(tiny, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["tradeoff", str(tiny / "llama"), "--out", str(out), "--engine", "vllm"])
     assert stop.value.code == 2
-    assert "argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2')" in capsys.readouterr().err
+    assert (
+        "argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2', 'llama.cpp')" in capsys.readouterr().err
+    )
     assert not out.exists()
