@@ -133,6 +133,9 @@ def main():
     if args.dtype not in ("float32", "bfloat16", "float16"):
         raise SystemExit(f"dtype {args.dtype!r} is not one of ['float32', 'bfloat16', 'float16']")
     for engine in args.engines:
+        if engine == "llama.cpp":  # its converter writes the model's vocabulary; this random model has none
+            raise SystemExit("engine 'llama.cpp' needs a tokenizer its converter knows, which this benchmark's random "
+                             "model has not: time it with `hf-attn-variants tradeoff SRC --engine llama.cpp`")  # fmt: skip
         try:
             check_engine(engine)
         except ValueError as err:
