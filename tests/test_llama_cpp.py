@@ -42,6 +42,8 @@ CONFIGS = {  # the released checkpoints' settings where the tiny config differs 
     "gemma": {"tie_word_embeddings": True},  # llama.cpp's Gemma reads the embeddings as the output layer
     "gemma2": {"tie_word_embeddings": True},
     "qwen3_moe": {"norm_topk_prob": True},  # llama.cpp normalises the chosen experts' weights
+    "mixtral": {"sliding_window": None},  # as released (and transformers' default); llama.cpp has no window for it
+    "ministral3": {"sliding_window": None},
 }
 # native families whose architecture the converter lists but cannot convert from what transformers saves, and why
 NOT_CONVERTED = {
@@ -172,14 +174,22 @@ def test_the_export_command_writes_a_gguf_file_with_g_kv_heads(tmp_path, smollm2
 
 
 def test_exporting_a_family_llama_cpp_runs_otherwise_says_how(tmp_path, smollm2_tokenizer):
-    save_variant(tmp_path / "mixtral", "mixtral", smollm2_tokenizer)
-    done = run_export("mixtral", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
+    save_variant(tmp_path / "starcoder2", "starcoder2", smollm2_tokenizer)
+    done = run_export("starcoder2", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (
-        f"hf-attn-variants export: note: llama.cpp and transformers disagree on mixtral or it is untested: {lcpp.DIFFERS['mixtral']}"
-        in done.stderr.splitlines()
+        "hf-attn-variants export: note: llama.cpp and transformers disagree on starcoder2 or it is untested: "
+        f"{lcpp.DIFFERS['starcoder2']}" in done.stderr.splitlines()
     )
     assert (tmp_path / "gguf" / "model.gguf").is_file()
+
+
+def test_a_mixtral_with_a_sliding_window_gets_the_note_one_without_none(tmp_path):
+    for window, note in ((None, None), (4, "llama.cpp applies no sliding window")):
+        folder = tmp_path / f"mixtral-{window}"
+        tiny_model("mixtral", sliding_window=window).config.save_pretrained(folder)
+        found = lcpp.serving_note(str(folder))
+        assert found is None if note is None else note in found
 
 
 @pytest.mark.parametrize(
@@ -388,7 +398,9 @@ def test_tradeoff_times_every_variant_in_llama_cpp(tmp_path, smollm2_tokenizer):
     small = ["--block-size", "32", "--eval-blocks", "4", "--batch", "2", "--context", "64", "--prefill-tokens", "16",
              "--memory-context", "128", "--rounds", "3", "--data-files", str(corpus), "--kv-init", "mean"]  # fmt: skip
     out = tmp_path / "out"
-    assert cli.main(["tradeoff", str(src), "--out", str(out), "--variants", "mqa", "--engine", "llama.cpp", *small]) == 0
+    assert (
+        cli.main(["tradeoff", str(src), "--out", str(out), "--variants", "mqa", "--engine", "llama.cpp", *small]) == 0
+    )
     rows = json.loads((out / "tradeoff.json").read_text())["variants"]
     assert [(r["variant"], r["engine"]["kv_heads"]) for r in rows] == [("MHA-8", 8), ("MQA", 1)]
     for r in rows:
