@@ -259,3 +259,17 @@ SERVED_CONFIGS = (set(LAYOUTS) - set(DIFFERS)) | {"LlamaConfig", "MistralConfig"
 """Native configs CTranslate2 serves as transformers runs them: those of :data:`LAYOUTS` but :data:`DIFFERS`, and
 those its own loaders read right (Mistral without a sliding window). Each is checked in tests/test_serving.py; its own
 Gemma-2, Gemma-3 and Phi loaders are not among them (no attention soft-capping; transformers 4's config names)."""
+
+
+def serving_note(config) -> str | None:
+    """What a user of CTranslate2 should know about a native ``config``: how CTranslate2 runs it otherwise than
+    transformers (:data:`DIFFERS`, a sliding window), or that its loader is not checked here; ``None`` if served."""
+    name = type(config).__name__
+    if name in DIFFERS:
+        return f"CTranslate2 and transformers disagree on {config.model_type}: {DIFFERS[name]}"
+    if name not in SERVED_CONFIGS:
+        return (f"CTranslate2's own loader for {name} is not checked against transformers here (those checked: "
+                f"{', '.join(sorted(SERVED_CONFIGS))}); its log-probs may differ")  # fmt: skip
+    if any(sliding_windows(config)):
+        return f"this {config.model_type} checkpoint has a sliding window: {DIFFERS['MinistralConfig']}"
+    return None

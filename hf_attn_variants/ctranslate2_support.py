@@ -22,11 +22,11 @@ import transformers
 from ctranslate2.converters import TransformersConverter
 from ctranslate2.converters import transformers as ct2
 from ctranslate2.converters import utils as ct2_utils
-from ctranslate2.specs import transformer_spec
+from ctranslate2.specs import model_spec, transformer_spec
 
 from . import ctranslate2_native  # noqa: F401 - registers the loaders of native families CTranslate2 lacks
 from .families import family_for
-from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
+from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir, files_folder_problem
 
 ACTIVATIONS = ct2._SUPPORTED_ACTIVATIONS  # CTranslate2's names for transformers' activation functions
 
@@ -258,6 +258,12 @@ SERVED = {  # the plugin configs served here
 }  # fmt: skip
 
 
+CTRANSLATE2_OUTPUT = files_folder_problem(  # what its converter writes: --overwrite replaces only such a folder
+    frozenset({"model.bin", "config.json", "vocabulary.json", "vocabulary.txt", "shared_vocabulary.json",
+               "shared_vocabulary.txt"}), "CTranslate2's converter"
+)  # fmt: skip
+
+
 class _SpecKeeper(TransformersConverter):
     """CTranslate2's own converter, keeping the spec it built: what the engine is given (K/V heads, layers)."""
 
@@ -266,6 +272,15 @@ class _SpecKeeper(TransformersConverter):
     def _load(self):
         self.spec = super()._load()
         return self.spec
+
+
+def serving_note(src: str) -> str | None:
+    """How CTranslate2 runs the native checkpoint in ``src`` otherwise than transformers, if it does
+    (``ctranslate2_native.serving_note``); ``None`` for a plugin family (its loaders are this module's, checked)."""
+    config = transformers.AutoConfig.from_pretrained(src)
+    if not family_for(config).native:
+        return None
+    return ctranslate2_native.serving_note(config)
 
 
 def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, overwrite: bool = False) -> str:
@@ -278,18 +293,42 @@ def convert_to_ctranslate2(src: str, out: str, quantization: str | None = None, 
     return str(out)
 
 
+def local_source(src: str) -> str:
+    """The local folder of ``src``: a folder here, or a hub id's safetensors snapshot (no pickled weights are
+    fetched); a file, a GGUF checkpoint (``smollm2``) or a source that is nowhere is refused in one line."""
+    from .default_model import ALIAS, check_source_exists
+
+    path = Path(src)
+    if path.is_file():
+        raise ValueError(f"SRC {str(src)!r} is a file; a source is a model folder (config.json and *.safetensors)")
+    if str(src) == ALIAS and not path.exists():
+        raise ValueError(f"{ALIAS!r} is a GGUF checkpoint, which CTranslate2 does not read: convert it first "
+                         f"(hf-attn-variants convert {ALIAS} OUT), then export OUT")  # fmt: skip
+    check_source_exists(src)
+    if path.is_dir():
+        return str(src)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
+
+
 def converted_spec(src: str, out: str, quantization: str | None = None, overwrite: bool = False):
     """:func:`convert_to_ctranslate2`, returning the model spec CTranslate2 was given."""
-    if Path(src).is_dir():
-        check_checkpoint_folder(src)  # safetensors only (no pickle loaded), intact, no link out of the folder
+    src = local_source(src)
+    check_checkpoint_folder(src)  # safetensors only (no pickle loaded), intact, no link out of the folder
+    if quantization is not None and quantization not in model_spec.ACCEPTED_MODEL_TYPES:
+        raise ValueError(f"--quantization {quantization!r} is not a CTranslate2 weight type (choose from: "
+                         f"{', '.join(model_spec.ACCEPTED_MODEL_TYPES)})")  # fmt: skip
     config = transformers.AutoConfig.from_pretrained(src)
     name = type(config).__name__
+    if name in ctranslate2_native.LAYOUTS:
+        ctranslate2_native.check_supported(config)  # by name, before the weights load
     if name.endswith("AttnVariantConfig") and name not in SERVED:
         raise ValueError(
             f"{name}: no CTranslate2 loader for this plugin family yet; served: {sorted(SERVED)} "
             "(and every native family CTranslate2 knows)"
         )
-    out = check_output_dir(src, out, overwrite)
+    out = check_output_dir(src, out, overwrite, CTRANSLATE2_OUTPUT)
     converter = _SpecKeeper(str(src))
     with atomic_output_dir(out) as tmp:
         converter.convert(str(tmp), quantization=quantization, force=True)

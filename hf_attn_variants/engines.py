@@ -95,35 +95,44 @@ def check_served(name: str, config, dtype: torch.dtype = torch.float32, device: 
 
 def _check_llama_cpp_served(config, device: str) -> None:
     from .families import family_for
-    from .llama_cpp_support import known_architectures
+    from .llama_cpp_support import DIFFERS, SERVED, known_architectures
 
     if device != "cpu":
-        raise ValueError("engine 'llama.cpp' is timed on the CPU here (llama-cpp-python's CPU build): use --device cpu")
-    written = _configs_written(family_for(config), type(config).__name__)
+        raise ValueError(f"engine 'llama.cpp' is timed on the CPU here (llama-cpp-python's CPU build), not on {device}")
+    family = family_for(config)
     architecture = (
         getattr(config, "architectures", None) or [type(config).__name__.removesuffix("Config") + "ForCausalLM"]
     )[0]
-    if len(written) > 1 or architecture not in known_architectures():
+    served = ", ".join(served_families("llama.cpp"))
+    if len(_configs_written(family, type(config).__name__)) > 1 or architecture not in known_architectures():
         raise ValueError(
             f"engine 'llama.cpp' has no converter for the variants of {config.model_type!r} ({architecture}); "
-            f"it serves the variants of: {', '.join(served_families('llama.cpp'))}"
+            f"it serves the variants of: {served}"
         )
+    if family.name not in SERVED:  # some abort the process, or load no variant: refused before measuring
+        how = DIFFERS.get(family.name, "not measured here")
+        raise ValueError(f"engine 'llama.cpp' does not serve {family.name} as transformers runs it ({how}); "
+                         f"it serves the variants of: {served}")  # fmt: skip
 
 
 def _convert_one_layer(config, tokenizer) -> None:
-    import copy
     import tempfile
 
     import transformers
 
     from .llama_cpp_support import convert_to_gguf
 
-    small = copy.deepcopy(config)
-    small.num_hidden_layers = 1
-    if getattr(small, "layer_types", None):
-        small.layer_types = small.layer_types[:1]
+    layers = config.num_hidden_layers
+    per_layer = {k: v[:1] for k, v in config.to_dict().items() if isinstance(v, list | tuple) and len(v) == layers > 1}
     with tempfile.TemporaryDirectory() as scratch:
-        transformers.AutoModelForCausalLM.from_config(small).save_pretrained(f"{scratch}/model")
+        try:  # every per-layer list cut to the one layer (layer_types, mlp_layer_types, heads per layer ...)
+            small = type(config).from_dict({**config.to_dict(), **per_layer, "num_hidden_layers": 1})
+            transformers.AutoModelForCausalLM.from_config(small).save_pretrained(f"{scratch}/model")
+        except Exception as err:  # noqa: BLE001 - any family's own validation
+            raise ValueError(
+                f"engine 'llama.cpp': a one-layer model of this {config.model_type} (to check its converter before "
+                f"measuring) cannot be built: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            ) from None
         tokenizer.save_pretrained(f"{scratch}/model")
         try:
             convert_to_gguf(f"{scratch}/model", f"{scratch}/gguf")

@@ -74,6 +74,32 @@ def model_folder_problem(folder: Path) -> str | None:
     return None
 
 
+model_folder_problem.describes = ("a model folder", "a folder of config, tokenizer, *.safetensors and README.md files")
+
+
+def files_folder_problem(names: frozenset[str], what: str, model_folders: bool = False):
+    """A ``replaceable`` for :func:`check_output_dir`: an output folder holding only the regular files ``names``
+    (and, with ``model_folders``, folders that ``model_folder_problem`` accepts), as ``what`` writes it."""
+
+    def problem(folder: Path) -> str | None:
+        for entry in sorted(folder.iterdir()):
+            if entry.is_symlink():
+                return f"{entry.name!r} is a symbolic link"
+            if entry.is_dir() and model_folders:
+                inner = model_folder_problem(entry)
+                if inner:
+                    return f"its folder {entry.name!r}: {inner}"
+            elif entry.is_dir():
+                return f"it holds the folder {entry.name!r}"
+            elif entry.name not in names or not entry.is_file():
+                return f"it holds {entry.name!r}, which {what} does not write"
+        return None
+
+    shown = ", ".join(sorted(names)) + (" and model folders" if model_folders else "")
+    problem.describes = (f"the output of {what}", f"a folder of {shown}")
+    return problem
+
+
 def check_output_dir(
     src: str | os.PathLike,
     out: str | os.PathLike,
@@ -129,9 +155,10 @@ def check_output_dir(
     if os.path.lexists(real) and replaceable is not None:
         problem = replaceable(real)
         if problem:
+            what, holds = getattr(replaceable, "describes", model_folder_problem.describes)
             raise ValueError(
-                f"OUT {shown} does not look like a model folder ({problem}); --overwrite only replaces a folder "
-                "of config, tokenizer, *.safetensors and README.md files: remove it yourself or choose another OUT"
+                f"OUT {shown} does not look like {what} ({problem}); --overwrite only replaces {holds}: "
+                "remove it yourself or choose another OUT"
             )
     return real
 

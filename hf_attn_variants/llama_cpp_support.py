@@ -29,7 +29,7 @@ from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 
-from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir
+from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir, files_folder_problem
 
 PACKAGE = "llama-cpp-python"
 VERSION = "0.3.36"  # the release whose converter is fetched when llama-cpp-python is not installed
@@ -64,6 +64,7 @@ DIFFERS = {
     "mellum": "llama.cpp aborts: it wants sliding-window layers (GGML_ASSERT hparams.is_swa_any())",
     "phi3": "not measured: llama.cpp does not load the test's sentencepiece vocabulary for Phi-3 (K/V heads written right)",
 }
+GGUF_OUTPUT = files_folder_problem(frozenset({GGUF_NAME}), "export --engine llama.cpp")  # what --overwrite replaces
 _CONVERTER_FILES = ("conversion/", "gguf-py/", SCRIPT)  # the script last: its presence says the rest is there
 
 
@@ -128,7 +129,7 @@ def convert_all_to_gguf(jobs, quantization: str | None = None, overwrite: bool =
                 f"{src}: llama.cpp's converter has no {architecture!r} (it converts {len(known)} architectures, "
                 "e.g. LlamaForCausalLM, Qwen3ForCausalLM, GraniteForCausalLM); serve this family with CTranslate2"
             )
-        planned.append((src, check_output_dir(src, out, overwrite), _outtype(config, quantization)))
+        planned.append((src, check_output_dir(src, out, overwrite, GGUF_OUTPUT), _outtype(config, quantization)))
     with ExitStack() as outputs, tempfile.TemporaryDirectory() as scratch:
         written = [outputs.enter_context(atomic_output_dir(out)) / GGUF_NAME for _, out, _ in planned]
         argv = [

@@ -30,7 +30,7 @@ from .convert import convert
 from .data import DEFAULT_DATASET
 from .engines import DECODE_STEPS
 from .families import family_for
-from .io import atomic_output_dir, check_output_dir
+from .io import atomic_output_dir, check_output_dir, files_folder_problem
 from .kv_cache import cache_nbytes, format_bytes, kv_cache_plan
 from .options import TradeoffConfig
 from .recipe import KVRecipe
@@ -43,6 +43,7 @@ from .variants import (
 )
 
 FILES = ("tradeoff.json", "tradeoff.md", "tradeoff.png")
+TRADEOFF_OUTPUT = files_folder_problem(frozenset(FILES), "tradeoff", model_folders=True)  # what --overwrite replaces
 
 
 def default_variants(num_heads: int, source_kv: int) -> list[tuple[str, int]]:
@@ -89,7 +90,7 @@ def run_tradeoff(cfg: TradeoffConfig) -> dict:
     from .training import DataArguments, ModelArguments
 
     check_config(cfg)
-    out = check_output_dir(cfg.src, cfg.out, cfg.overwrite)
+    out = check_output_dir(cfg.src, cfg.out, cfg.overwrite, TRADEOFF_OUTPUT)
     torch.manual_seed(cfg.seed)
     source, tokenizer, source_display = load_source(
         ModelArguments(model_name_or_path=cfg.src, gguf_file=cfg.gguf_file, dtype=cfg.dtype)

@@ -414,3 +414,35 @@ def test_tradeoff_times_every_variant_in_llama_cpp(tmp_path, smollm2_tokenizer):
     refused = tmp_path / "refused"
     assert cli.main(["tradeoff", str(char), "--out", str(refused), "--engine", "llama.cpp", *small]) == 2
     assert not refused.exists()
+
+
+def test_overwrite_replaces_only_a_gguf_export(tmp_path, smollm2_tokenizer):
+    src = save_variant(tmp_path / "llama", "llama", smollm2_tokenizer)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("mine")
+    done = run_export(src, work, "--engine", "llama.cpp", "--overwrite")
+    assert (
+        done.returncode == 2 and "it holds 'thesis.tex', which export --engine llama.cpp does not write" in done.stderr
+    )
+    assert [p.name for p in work.iterdir()] == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("family", ["cohere2_moe", "mellum"])
+def test_the_early_check_builds_a_one_layer_model_of_any_family(family, smollm2_tokenizer):
+    """``tradeoff --engine llama.cpp`` converts a one-layer model first: every per-layer list is cut to it."""
+    from hf_attn_variants.engines import _convert_one_layer
+
+    _convert_one_layer(tiny_model(family, vocab_size=len(smollm2_tokenizer)).config, smollm2_tokenizer)
+
+
+def test_tradeoff_refuses_a_family_llama_cpp_runs_otherwise_before_measuring(tmp_path, smollm2_tokenizer):
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    from hf_attn_variants import cli
+
+    src = tmp_path / "olmoe"
+    tiny_model("olmoe", vocab_size=len(smollm2_tokenizer)).save_pretrained(src)
+    smollm2_tokenizer.save_pretrained(src)
+    out = tmp_path / "out"
+    assert cli.main(["tradeoff", str(src), "--out", str(out), "--engine", "llama.cpp"]) == 2
+    assert not out.exists()

@@ -194,3 +194,68 @@ def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
         "hf-attn-variants export: error: argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2', 'llama.cpp')"
     )
     assert not (tmp_path / "x").exists()
+
+
+def test_overwrite_replaces_only_what_ctranslate2_writes(tmp_path):
+    """``export --overwrite`` as typed: a folder of someone's work is refused and kept; an export is replaced."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src, _ = saved_variant(tmp_path, "llama", 1)
+    exe, work = Path(sys.executable).parent / "hf-attn-variants", tmp_path / "work"
+    work.mkdir()
+    (work / "thesis.tex").write_text("mine")
+    done = subprocess.run([str(exe), "export", str(src), str(work), "--overwrite"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "does not look like the output of CTranslate2's converter (it holds 'thesis.tex'" in done.stderr
+    assert [p.name for p in work.iterdir()] == ["thesis.tex"]
+    convert_to_ctranslate2(src, tmp_path / "ct2")
+    convert_to_ctranslate2(src, tmp_path / "ct2", overwrite=True)  # its own output: replaced
+    assert sorted(p.name for p in (tmp_path / "ct2").iterdir()) == ["config.json", "model.bin", "vocabulary.json"]
+
+
+def test_export_says_how_ctranslate2_runs_a_family_otherwise(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hf_attn_variants.ctranslate2_support import serving_note
+
+    src, _ = saved_variant(tmp_path, "ministral", 1)
+    exe = Path(sys.executable).parent / "hf-attn-variants"
+    done = subprocess.run([str(exe), "export", str(src), str(tmp_path / "ct2")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "hf-attn-variants export: note: CTranslate2 and transformers disagree on ministral: CTranslate2 applies a "
+        "sliding window while it decodes, not over a prompt longer than the window"
+    ) in done.stderr
+    gemma2, _ = saved_variant(tmp_path, "gemma2", 1)  # CTranslate2's own loader, not checked here
+    assert "is not checked against transformers here" in serving_note(gemma2)
+    phi3, _ = saved_variant(tmp_path, "phi3", 1)
+    assert serving_note(phi3) is None
+    windowed = transformers.AutoConfig.from_pretrained(phi3)
+    windowed.sliding_window = 2047  # as Phi-3-mini-4k is released
+    windowed.save_pretrained(phi3)
+    assert "has a sliding window" in serving_note(phi3)
+    assert serving_note(saved_variant(tmp_path, "gpt2", 2)[0]) is None  # a plugin family: this package's loader
+
+
+def test_what_can_be_refused_before_the_weights_load_is(tmp_path, monkeypatch):
+    from hf_attn_variants.ctranslate2_support import local_source
+
+    src, _ = saved_variant(tmp_path, "llama", 1)
+    loads = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: loads.append(a))
+    with pytest.raises(ValueError, match=r"^--quantization 'int3' is not a CTranslate2 weight type \(choose from: "):
+        convert_to_ctranslate2(src, tmp_path / "ct2", quantization="int3")
+    phi, _ = saved_variant(tmp_path, "phi", 2)
+    with pytest.raises(ValueError, match="qk_layernorm=True is not supported"):
+        convert_to_ctranslate2(phi, tmp_path / "ct2")
+    assert not loads and not (tmp_path / "ct2").exists()
+    with pytest.raises(ValueError, match=r"^SRC '.*config.json' is a file; a source is a model folder"):
+        local_source(str(src / "config.json"))
+    with pytest.raises(ValueError, match=r"^'smollm2' is a GGUF checkpoint, which CTranslate2 does not read"):
+        local_source("smollm2")
+    with pytest.raises(FileNotFoundError, match=r"^'\./nope' does not exist: no such folder"):
+        local_source("./nope")

@@ -171,3 +171,12 @@ def test_an_unknown_engine_exits_2_with_the_choices(tiny, tmp_path, capsys):
         "argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2', 'llama.cpp')" in capsys.readouterr().err
     )
     assert not out.exists()
+
+
+def test_overwrite_replaces_only_a_tradeoff_output(tiny, tmp_path, capsys):
+    out = tmp_path / "work"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    assert cli.main(["tradeoff", str(tiny / "llama"), "--out", str(out), "--overwrite", *SMALL]) == 2
+    assert "does not look like the output of tradeoff (it holds 'thesis.tex'" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
