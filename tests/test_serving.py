@@ -17,11 +17,34 @@ from ctranslate2.converters import TransformersConverter  # noqa: E402
 
 from hf_attn_variants.ctranslate2_support import SERVED, convert_to_ctranslate2, grouped_to_blocks  # noqa: E402
 
-CASES = [("gpt2", 2), ("gpt2", 1), ("opt", 2), ("opt", 1), ("gpt_neox", 2), ("gpt_neox", 1), ("gpt_bigcode", 2),
-         ("gptj", 2), ("gptj", 1), ("bloom", 2), ("bloom", 1), ("falcon", 2), ("falcon", 1), ("falcon-7b", 2), ("llama", 1),
-         ("qwen2", 1), ("mistral", 2), ("llama-llama3", 1), ("qwen3", 1), ("qwen3-theta", 2), ("gemma", 1),
-         ("gemma-theta", 2), ("helium", 1), ("helium-llama3", 2), ("glm", 1), ("glm4", 2), ("glm4-linear", 1),
-         ("phi3", 1), ("phi-2", 2), ("hyperclovax", 1), ("hyperclovax-mup", 2)]  # fmt: skip
+CASES = [
+    ("gpt2", 2),
+    ("gpt2", 1),
+    ("opt", 2),
+    ("opt", 1),
+    ("gpt_neox", 2),
+    ("gpt_neox", 1),
+    ("gpt_bigcode", 2),
+    ("gptj", 2),
+    ("gptj", 1),
+    ("bloom", 2),
+    ("bloom", 1),
+    ("falcon", 2),
+    ("falcon", 1),
+    ("falcon-7b", 2),
+    ("llama", 1),
+    ("qwen2", 1),
+    ("mistral", 2),
+    ("llama-llama3", 1),
+    ("qwen3-theta", 2),
+    ("gemma-theta", 1),
+    ("helium-llama3", 2),
+    ("glm", 1),
+    ("glm4-linear", 2),
+    ("phi3", 1),
+    ("phi-2", 2),
+    ("hyperclovax-mup", 1),
+]  # fmt: skip (the native ones with a RoPE base, scaling or multipliers of their own)
 PADDED_VOCAB = {"opt": 8}  # CTranslate2's OPT loader pads the vocabulary to a multiple of 8
 
 
@@ -186,8 +209,13 @@ def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
     )
     scored = ctranslate2.Generator(str(out)).score_batch([tokenizer.convert_ids_to_tokens([5, 6, 7, 8])])
     assert len(scored[0].log_probs) == 3
-    again = subprocess.run([str(exe), "export", str(src), str(out)], capture_output=True, text=True)
+    work = tmp_path / "work"  # --overwrite of a folder of someone's work: refused, kept
+    work.mkdir()
+    (work / "thesis.tex").write_text("mine")
+    again = subprocess.run([str(exe), "export", str(src), str(work), "--overwrite"], capture_output=True, text=True)
     assert again.returncode == 2 and again.stderr.strip().startswith("hf-attn-variants export: error: ")
+    assert "does not look like the output of CTranslate2's converter (it holds 'thesis.tex'" in again.stderr
+    assert [p.name for p in work.iterdir()] == ["thesis.tex"]
     bad = subprocess.run([str(exe), "export", str(src), str(tmp_path / "x"), "--engine", "vllm"], capture_output=True,
                          text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
@@ -196,22 +224,11 @@ def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_overwrite_replaces_only_what_ctranslate2_writes(tmp_path):
-    """``export --overwrite`` as typed: a folder of someone's work is refused and kept; an export is replaced."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def test_overwrite_replaces_an_export(tmp_path):
+    """``--overwrite`` replaces CTranslate2's own output (a folder of someone's work: the export command's test)."""
     src, _ = saved_variant(tmp_path, "llama", 1)
-    exe, work = Path(sys.executable).parent / "hf-attn-variants", tmp_path / "work"
-    work.mkdir()
-    (work / "thesis.tex").write_text("mine")
-    done = subprocess.run([str(exe), "export", str(src), str(work), "--overwrite"], capture_output=True, text=True)
-    assert done.returncode == 2
-    assert "does not look like the output of CTranslate2's converter (it holds 'thesis.tex'" in done.stderr
-    assert [p.name for p in work.iterdir()] == ["thesis.tex"]
     convert_to_ctranslate2(src, tmp_path / "ct2")
-    convert_to_ctranslate2(src, tmp_path / "ct2", overwrite=True)  # its own output: replaced
+    convert_to_ctranslate2(src, tmp_path / "ct2", overwrite=True)
     assert sorted(p.name for p in (tmp_path / "ct2").iterdir()) == ["config.json", "model.bin", "vocabulary.json"]
 
 
