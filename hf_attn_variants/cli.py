@@ -123,20 +123,18 @@ def _export(args) -> int:
         from .llama_cpp_support import convert_to_gguf, serving_note
 
         out = convert_to_gguf(opts.src, opts.out, opts.quantization, opts.overwrite)
-        note = serving_note(opts.src)
-        if note:
-            print(f"hf-attn-variants export: note: {note}", file=sys.stderr)
-        print(f"wrote {out} (llama.cpp GGUF; serve it with llama_cpp.Llama({out!r}) or llama-server -m {out})")
-        return 0
-    try:
-        from .ctranslate2_support import convert_to_ctranslate2, serving_note
-    except ImportError as err:
-        raise ValueError(f"--engine {opts.engine} needs its package: pip install ctranslate2 ({err})") from None
-    out = convert_to_ctranslate2(opts.src, opts.out, opts.quantization, opts.overwrite)
-    note = serving_note(opts.src)
+        served = f"llama.cpp GGUF; serve it with llama_cpp.Llama({out!r}) or llama-server -m {out}"
+    else:
+        try:
+            from .ctranslate2_support import convert_to_ctranslate2, serving_note
+        except ImportError as err:
+            raise ValueError(f"--engine {opts.engine} needs its package: pip install ctranslate2 ({err})") from None
+        out = convert_to_ctranslate2(opts.src, opts.out, opts.quantization, opts.overwrite)
+        served = f"CTranslate2; serve it with ctranslate2.Generator({str(out)!r})"
+    note = serving_note(opts.src)  # how the engine runs this family otherwise than transformers, if it does
     if note:
         print(f"hf-attn-variants export: note: {note}", file=sys.stderr)
-    print(f"wrote {out} (CTranslate2; serve it with ctranslate2.Generator({str(out)!r}))")
+    print(f"wrote {out} ({served})")
     return 0
 
 
