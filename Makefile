@@ -25,13 +25,13 @@ main: setup
 	$(BIN)/hf-attn-variants tradeoff smollm2 --out out/tradeoff --overwrite --uptrain-steps 30 --distill
 
 test: setup
-	$(BIN)/python -m pytest -ra -n auto --dist loadfile
+	$(BIN)/python -m pytest -ra -n auto --dist loadfile --no-loadscope-reorder
 
 # not in .ci/run (it would double CI's time): run it by hand or as a second CI job; see docs/serving.md
 test-oldest:
 	$(MAKE) setup VENV=.venv-oldest TRANSFORMERS=$(OLDEST_TRANSFORMERS)
 	.venv-oldest/bin/python -c "import transformers; assert transformers.__version__ == '$(OLDEST_TRANSFORMERS)', transformers.__version__"
-	.venv-oldest/bin/python -m pytest -m "not slow" -ra -n auto --dist loadfile
+	.venv-oldest/bin/python -m pytest -m "not slow" -ra -n auto --dist loadfile --no-loadscope-reorder
 
 # not in .ci/run: pip compiles llama-cpp-python's llama.cpp from source (tens of minutes on 2 cores; pip keeps the
 # wheel it builds, so a second run installs in seconds); without it CI runs the converter's tests and skips the runtime's
