@@ -214,6 +214,23 @@ def test_exporting_a_family_llama_cpp_runs_otherwise_says_how(tmp_path, smollm2_
     assert (tmp_path / "gguf" / "model.gguf").is_file()
 
 
+def test_exporting_a_checkpoint_laid_out_otherwise_than_llama_cpp_assumes_says_what_differs(
+    tmp_path, smollm2_tokenizer
+):
+    """Cohere2 as typed: converted (the converter is given ``rotary_pct``), with G K/V heads, and a note, since the
+    tiny default has one sliding-window layer and one full where llama.cpp assumes three and one."""
+    save_variant(tmp_path / "cohere2", "cohere2", smollm2_tokenizer, {})
+    done = run_export("cohere2", "gguf", "--engine", "llama.cpp", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    problem = lcpp.RELEASED_LAYOUTS["cohere2"](transformers.AutoConfig.from_pretrained(tmp_path / "cohere2"))
+    assert problem.startswith("llama.cpp makes 3 of every 4 layers sliding-window layers, the full one last")
+    assert (
+        f"hf-attn-variants export: note: llama.cpp and transformers disagree on this cohere2 checkpoint: {problem}"
+        in done.stderr.splitlines()
+    )
+    assert lcpp.gguf_attention(str(tmp_path / "gguf" / "model.gguf"))["kv_heads"] == [KV, KV]
+
+
 @pytest.mark.parametrize("family", sorted(lcpp.RELEASED_LAYOUTS))
 def test_a_checkpoint_laid_out_otherwise_than_llama_cpp_assumes_gets_a_note(tmp_path, family):
     """A released layout exports silently; the tiny default (a window where llama.cpp has none, another pattern or
