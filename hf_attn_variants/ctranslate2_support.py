@@ -312,6 +312,20 @@ def local_source(src: str) -> str:
     return snapshot_download(str(src), allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"])
 
 
+def no_loader(config) -> str:
+    """The one line for a config CTranslate2 has no loader for: the families it serves, and llama.cpp if that serves
+    this one (CTranslate2's own error lists every config it loads, encoders and translation models included)."""
+    from . import engines, llama_cpp_support
+
+    try:
+        family = family_for(config).name
+    except ValueError:  # a model type this package does not know either
+        family = config.model_type
+    other = f"; llama.cpp serves {family}: --engine llama.cpp" if family in llama_cpp_support.SERVED else ""
+    return (f"CTranslate2 has no loader for {type(config).__name__} ({family}); it serves the variants of: "
+            f"{', '.join(engines.served_families('ctranslate2'))}{other}")  # fmt: skip
+
+
 def converted_spec(src: str, out: str, quantization: str | None = None, overwrite: bool = False):
     """:func:`convert_to_ctranslate2`, returning the model spec CTranslate2 was given."""
     src = local_source(src)
@@ -328,6 +342,8 @@ def converted_spec(src: str, out: str, quantization: str | None = None, overwrit
             f"{name}: no CTranslate2 loader for this plugin family yet; served: {sorted(SERVED)} "
             "(and every native family CTranslate2 knows)"
         )
+    if name not in ct2._MODEL_LOADERS:  # CTranslate2's registry of loaders, this package's included
+        raise ValueError(no_loader(config))
     out = check_output_dir(src, out, overwrite, CTRANSLATE2_OUTPUT)
     converter = _SpecKeeper(str(src))
     with atomic_output_dir(out) as tmp:

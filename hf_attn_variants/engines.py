@@ -122,11 +122,11 @@ def _convert_one_layer(config, tokenizer) -> None:
 
     from .llama_cpp_support import convert_to_gguf
 
-    layers = config.num_hidden_layers
-    per_layer = {k: v[:1] for k, v in config.to_dict().items() if isinstance(v, list | tuple) and len(v) == layers > 1}
+    layers, values = config.num_hidden_layers, config.to_dict()
+    per_layer = {k: v[:1] for k, v in values.items() if isinstance(v, list | tuple) and len(v) == layers > 1}
     with tempfile.TemporaryDirectory() as scratch:
         try:  # every per-layer list cut to the one layer (layer_types, mlp_layer_types, heads per layer ...)
-            small = type(config).from_dict({**config.to_dict(), **per_layer, "num_hidden_layers": 1})
+            small = type(config).from_dict({**values, **per_layer, "num_hidden_layers": 1})
             transformers.AutoModelForCausalLM.from_config(small).save_pretrained(f"{scratch}/model")
         except Exception as err:  # noqa: BLE001 - any family's own validation
             raise ValueError(
@@ -175,10 +175,8 @@ def _grouped_config(family, config_name: str) -> str:
 
 
 def _configs_written(family, config_name: str) -> set[str]:
-    """The config classes the variants of a ``config_name`` source have: its own, and the plugin's variant config."""
-    from .families.registry import variant_config_class
-
-    return {config_name} | (set() if family.native else {variant_config_class(family).__name__})
+    """The config classes the variants of a ``config_name`` source have: its own (MHA), and the GQA/MQA one."""
+    return {config_name, _grouped_config(family, config_name)}
 
 
 def _ctranslate2_configs() -> set[str]:

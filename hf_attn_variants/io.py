@@ -359,6 +359,9 @@ def atomic_output_dir(out: str | os.PathLike):
             shutil.rmtree(old, ignore_errors=True)
 
 
+CTRANSLATE2_VOCABULARIES = ("vocabulary.json", "vocabulary.txt", "shared_vocabulary.json", "shared_vocabulary.txt")
+
+
 def check_checkpoint_folder(folder: str | os.PathLike) -> list[Path]:
     """The safetensors files of the local checkpoint ``folder``, each checked readable; refuse anything else.
 
@@ -382,6 +385,11 @@ def check_checkpoint_folder(folder: str | os.PathLike) -> list[Path]:
         files = sorted(p for p in folder.glob("*.safetensors") if p.is_file() or p.is_symlink())
     if not files:
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if "model.bin" in pickled and any((folder / name).is_file() for name in CTRANSLATE2_VOCABULARIES):
+            raise ValueError(
+                f"{str(folder)!r} is a CTranslate2 model (model.bin and its vocabulary, as `export` writes it), not a "
+                "checkpoint: give the checkpoint it was made from"
+            )
         if pickled:
             raise ValueError(
                 f"{str(folder)!r} holds only pickled weights {pickled}, which can run code when loaded; they are "

@@ -34,10 +34,9 @@ def with_older_names(config: dict) -> dict:
 
 def main(script: str, jobs: list[list[str]]) -> list[str | None]:
     converter = runpy.run_path(script, run_name="llama_cpp_converter")  # defines main() without running it
-    from conversion.base import ModelBase  # the converter's own package, first on the path
-
-    load_hparams = ModelBase.load_hparams
-    ModelBase.load_hparams = staticmethod(lambda *args, **kwargs: with_older_names(load_hparams(*args, **kwargs)))
+    model_base = converter["ModelBase"]  # the class the script converts with
+    load_hparams = model_base.load_hparams
+    model_base.load_hparams = staticmethod(lambda *args, **kwargs: with_older_names(load_hparams(*args, **kwargs)))
     errors = []
     for args in jobs:
         last = _LastError()

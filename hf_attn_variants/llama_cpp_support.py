@@ -76,16 +76,28 @@ def llama_cpp_layer_types(count: int, period: int, dense_first: bool = False) ->
     return ["sliding_attention" if s else "full_attention" for s in sliding]
 
 
-def _layout_problem(config, period: int, dense_first: bool = False) -> str | None:
+def _layout_problem(config, period: int, dense_first: bool = False, window: int | None = None) -> str | None:
     """Whether ``config``'s layer types are those llama.cpp assumes (:func:`llama_cpp_layer_types` with a window,
-    every layer full without one)."""
-    count, window = config.num_hidden_layers, getattr(config, "sliding_window", None) or 0
+    every layer full without one), and its sliding-window layers' RoPE unscaled, as llama.cpp rotates them."""
+    count = config.num_hidden_layers
+    window = (getattr(config, "sliding_window", None) or 0) if window is None else window
     expected = llama_cpp_layer_types(count, period, dense_first) if window else ["full_attention"] * count
-    if list(getattr(config, "layer_types", None) or expected) == expected:
-        return None
-    where = "first" if dense_first else "last"
-    return (f"llama.cpp makes {period - 1} of every {period} layers sliding-window layers, the full one {where} (the "
-            "released models' layout; every layer full without a window); this checkpoint's layer_types differ")  # fmt: skip
+    if list(getattr(config, "layer_types", None) or expected) != expected:
+        where = "first" if dense_first else "last"
+        return (f"llama.cpp makes {period - 1} of every {period} layers sliding-window layers, the full one {where} "
+                "(the released models' layout; every layer full without a window); this checkpoint's layer_types "
+                "differ")  # fmt: skip
+    kind = _rope_type(config, "sliding_attention")
+    if window and kind != "default":
+        return f"llama.cpp rotates sliding-window layers without RoPE scaling; this checkpoint scales them ({kind})"
+    return None
+
+
+def _rope_type(config, layer_type: str | None = None) -> str:
+    parameters = dict(getattr(config, "rope_parameters", None) or {})
+    if layer_type is not None and layer_type in parameters:
+        parameters = parameters[layer_type]
+    return parameters.get("rope_type", "default")
 
 
 def _windowless(config) -> str | None:
@@ -97,7 +109,11 @@ def _gemma3(config) -> str | None:
     if config.query_pre_attn_scalar != size:  # llama.cpp scales queries by this size (the hidden size per head at 27B)
         return (f"llama.cpp scales its queries by 1/sqrt({size}), this checkpoint by 1/sqrt(query_pre_attn_scalar="
                 f"{config.query_pre_attn_scalar})")  # fmt: skip
-    return _layout_problem(config, 6)
+    if getattr(config, "use_bidirectional_attention", False):
+        return "llama.cpp's Gemma-3 attends causally; this checkpoint attends both ways (use_bidirectional_attention)"
+    # the converter writes no window when sliding_window_pattern is 1 (every layer full)
+    window = 0 if getattr(config, "sliding_window_pattern", None) == 1 else None
+    return _layout_problem(config, 6, window=window)
 
 
 def _exaone4(config) -> str | None:
@@ -110,13 +126,21 @@ def _exaone4(config) -> str | None:
     return None
 
 
+def _cohere2(config) -> str | None:
+    if not getattr(config, "sliding_window", None):  # transformers then rotates no layer, llama.cpp needs a window
+        return "llama.cpp's Cohere2 always has sliding-window layers (RoPE only there); this checkpoint has no window"
+    if _rope_type(config) != "default":  # its converter writes no RoPE scaling for Cohere2
+        return f"llama.cpp rotates Cohere2 without RoPE scaling; this checkpoint scales it ({_rope_type(config)})"
+    return _layout_problem(config, 4)
+
+
 RELEASED_LAYOUTS = {
     "mixtral": _windowless,
     "ministral3": _windowless,
     "gemma3_text": _gemma3,
     "exaone4": _exaone4,
     "laguna": lambda config: _layout_problem(config, 4, dense_first=True),
-    "cohere2": lambda config: _layout_problem(config, 4),
+    "cohere2": _cohere2,
 }
 """Families of :data:`SERVED` whose layout llama.cpp derives from the released models rather than reading it from
 the file (a fixed sliding-window pattern, no window, the query scale, layers keyed on the layer count): each rule

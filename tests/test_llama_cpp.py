@@ -231,6 +231,39 @@ def test_exporting_a_checkpoint_laid_out_otherwise_than_llama_cpp_assumes_says_w
     assert lcpp.gguf_attention(str(tmp_path / "gguf" / "model.gguf"))["kv_heads"] == [KV, KV]
 
 
+SCALED = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+
+
+@pytest.mark.parametrize(
+    "family, config, words",
+    [
+        ("gemma3_text", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                                             "sliding_attention": SCALED}}, "sliding-window layers without RoPE scaling"),
+        ("gemma3_text", {"use_bidirectional_attention": True}, "attends both ways"),
+        ("laguna", {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 5e5},
+                                        "sliding_attention": SCALED}}, "sliding-window layers without RoPE scaling"),
+        ("cohere2", {"rope_parameters": SCALED}, "rotates Cohere2 without RoPE scaling"),
+        ("cohere2", {"sliding_window": None}, "has no window"),
+        ("exaone4", {"num_hidden_layers": 64, "sliding_window": None, "layer_types": ["full_attention"] * 64}, "has none"),
+    ],
+)  # fmt: skip
+def test_what_llama_cpp_does_not_read_from_the_file_is_checked(family, config, words):
+    """Beyond the layer layout: RoPE scaling llama.cpp does not apply, attention it runs otherwise."""
+    problem = lcpp.RELEASED_LAYOUTS[family](tiny_config(family, **{**CONFIGS[family], **config}))
+    assert problem is not None and words in problem, problem
+
+
+def test_the_converter_is_given_cohere2_s_older_name_and_nothing_else_changes():
+    import runpy
+
+    runner = runpy.run_path(str(Path(lcpp.__file__).with_name("llama_cpp_runner.py")))
+    older = runner["with_older_names"]
+    assert older({"model_type": "cohere2", "hidden_size": 64}) == {"model_type": "cohere2", "hidden_size": 64,
+                                                                     "rotary_pct": 1.0}  # fmt: skip
+    assert older({"model_type": "cohere2", "rotary_pct": 0.5}) == {"model_type": "cohere2", "rotary_pct": 0.5}
+    assert older({"model_type": "cohere2_moe"}) == {"model_type": "cohere2_moe"}
+
+
 @pytest.mark.parametrize("family", sorted(lcpp.RELEASED_LAYOUTS))
 def test_a_checkpoint_laid_out_otherwise_than_llama_cpp_assumes_gets_a_note(tmp_path, family):
     """A released layout exports silently; the tiny default (a window where llama.cpp has none, another pattern or

@@ -177,11 +177,26 @@ def registration_config_name(family) -> str:
     return variant_config_class(family).__name__
 
 
-def test_a_model_ctranslate2_cannot_convert_leaves_nothing(tmp_path):
+def test_a_model_ctranslate2_cannot_convert_leaves_nothing(tmp_path, monkeypatch):
+    """No loader: refused by name before anything loads, with the families CTranslate2 serves and llama.cpp where
+    that serves the family. A loader failing half-way (made to here) leaves no output either."""
+    from hf_attn_variants import ctranslate2_native
+
     src, _ = saved_variant(tmp_path, "olmo2", 1)
-    with pytest.raises(ValueError, match="^No conversion is registered for the model configuration Olmo2Config"):
+    with pytest.raises(ValueError) as refused:
         convert_to_ctranslate2(src, tmp_path / "ct2")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["olmo2-1"]
+    assert str(refused.value).startswith("CTranslate2 has no loader for Olmo2Config (olmo2); it serves the variants "
+                                         "of: bloom, falcon, gemma, glm, glm4, gpt2, ")  # fmt: skip
+    assert str(refused.value).endswith("; llama.cpp serves olmo2: --engine llama.cpp")
+    src, _ = saved_variant(tmp_path, "glm", 1)
+
+    def fail(*args):
+        raise RuntimeError("a loader failing half-way")
+
+    monkeypatch.setattr(ctranslate2_native.NativeLoader, "set_layer", fail)
+    with pytest.raises(RuntimeError, match="half-way"):
+        convert_to_ctranslate2(src, tmp_path / "ct2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["glm-1", "olmo2-1"]
 
 
 def test_the_output_folder_is_refused_if_it_exists(tmp_path):
@@ -221,6 +236,12 @@ def test_the_export_command_writes_a_model_ctranslate2_serves(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == (
         "hf-attn-variants export: error: argument --engine: invalid choice: 'vllm' (choose from 'ctranslate2', 'llama.cpp')"
     )
+    assert not (tmp_path / "x").exists()
+    twice = subprocess.run([str(exe), "export", str(out), str(tmp_path / "x")], capture_output=True, text=True)
+    assert twice.returncode == 2 and twice.stderr.strip().splitlines() == [
+        f"hf-attn-variants export: error: {str(out)!r} is a CTranslate2 model (model.bin and its vocabulary, as "
+        "`export` writes it), not a checkpoint: give the checkpoint it was made from"
+    ]
     assert not (tmp_path / "x").exists()
 
 
