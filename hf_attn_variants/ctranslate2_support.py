@@ -26,7 +26,13 @@ from ctranslate2.specs import model_spec, transformer_spec
 
 from . import ctranslate2_native  # noqa: F401 - registers the loaders of native families CTranslate2 lacks
 from .families import family_for
-from .io import atomic_output_dir, check_checkpoint_folder, check_output_dir, files_folder_problem
+from .io import (
+    CTRANSLATE2_VOCABULARIES,
+    atomic_output_dir,
+    check_checkpoint_folder,
+    check_output_dir,
+    files_folder_problem,
+)
 
 ACTIVATIONS = ct2._SUPPORTED_ACTIVATIONS  # CTranslate2's names for transformers' activation functions
 
@@ -259,8 +265,7 @@ SERVED = {  # the plugin configs served here
 
 
 CTRANSLATE2_OUTPUT = files_folder_problem(  # what its converter writes: --overwrite replaces only such a folder
-    frozenset({"model.bin", "config.json", "vocabulary.json", "vocabulary.txt", "shared_vocabulary.json",
-               "shared_vocabulary.txt"}), "CTranslate2's converter"
+    frozenset({"model.bin", "config.json", *CTRANSLATE2_VOCABULARIES}), "CTranslate2's converter"
 )  # fmt: skip
 
 

@@ -129,8 +129,9 @@ def _exaone4(config) -> str | None:
 def _cohere2(config) -> str | None:
     if not getattr(config, "sliding_window", None):  # transformers then rotates no layer, llama.cpp needs a window
         return "llama.cpp's Cohere2 always has sliding-window layers (RoPE only there); this checkpoint has no window"
-    if _rope_type(config) != "default":  # its converter writes no RoPE scaling for Cohere2
-        return f"llama.cpp rotates Cohere2 without RoPE scaling; this checkpoint scales it ({_rope_type(config)})"
+    kind = _rope_type(config)
+    if kind != "default":  # its converter writes no RoPE scaling for Cohere2
+        return f"llama.cpp rotates Cohere2 without RoPE scaling; this checkpoint scales it ({kind})"
     return _layout_problem(config, 4)
 
 
